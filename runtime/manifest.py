@@ -28,6 +28,7 @@ BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+REFERENCE_FILE = "reference.npz"  # inputs + PyTorch outputs, re-checked by `crossmodal verify`
 
 TOWERS = ("image", "text", "rerank")
 VARIANTS = ("cpu-fp32", "cpu-int8", "gpu-fp16", "gpu-trt-fp16")

@@ -1,0 +1,151 @@
+"""The one shared artifact writer: tower folders, manifests and bundle.json.
+
+Every family exporter hands its graphs to these functions, so the on-disk
+contract (``crossmodal.manifest``) is written in exactly one place. Writes are
+atomic: a tower variant is assembled in a hidden sibling folder and renamed into
+place, and JSON files go through a temporary file + fsync + rename, so an
+interrupted export never leaves a half-written variant that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from crossmodal.manifest import (
+    BUNDLE_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    TOKENIZER_FILE,
+    BundleInfo,
+    TowerManifest,
+)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def exporter_versions() -> dict[str, str]:
+    """Versions of the packages that shaped an artifact, recorded in every manifest."""
+    out: dict[str, str] = {}
+    for pkg in ("crossmodal", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform/filesystem
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON so that readers see either the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_tower(
+    bundle_dir: Path,
+    tower_folder: str,
+    variant: str,
+    model_path: Path,
+    manifest_fields: Mapping[str, Any],
+    tokenizer_json: str | None = None,
+    reference_case: Mapping[str, Any] | None = None,
+) -> TowerManifest:
+    """Install one tower variant: ``<bundle>/<tower_folder>/<variant>/{model.onnx, manifest.json[, tokenizer.json]}``.
+
+    ``manifest_fields`` holds every manifest field except ``sha256`` and
+    ``model_file``, which are computed here. The manifest is validated by the
+    same dataclass the runtime reads it with before anything is installed.
+    ``reference_case`` (input arrays + the PyTorch reference output, as numpy
+    arrays) is stored as ``reference.npz`` so `crossmodal verify` can re-check
+    parity later without torch.
+    """
+    final = Path(bundle_dir) / tower_folder / variant
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=final.parent))
+    try:
+        shutil.copyfile(model_path, staging / MODEL_FILE)
+        fields = dict(manifest_fields)
+        fields["model_file"] = MODEL_FILE
+        fields["sha256"] = sha256_file(staging / MODEL_FILE)
+        fields.setdefault("exporter", exporter_versions())
+        manifest = TowerManifest.from_dict(fields, where=f"{tower_folder}/{variant} (being written)")
+        if tokenizer_json is not None:
+            (staging / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        if reference_case is not None:
+            import numpy as np
+
+            np.savez_compressed(staging / REFERENCE_FILE, **reference_case)
+        write_json_atomic(staging / MANIFEST_FILE, manifest.to_dict())
+        for p in staging.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{variant}.old.", dir=final.parent))
+            os.replace(final, trash / variant)
+            os.replace(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(final.parent)
+        return manifest
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def copy_tower(src_bundle: Path, src_folder: str, dst_bundle: Path, dst_folder: str, variant: str) -> None:
+    """Copy an already exported tower variant (e.g. a CLIP image tower into a multilingual bundle)."""
+    src = Path(src_bundle) / src_folder / variant
+    dst = Path(dst_bundle) / dst_folder / variant
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=dst.parent))
+    try:
+        for p in src.iterdir():
+            shutil.copyfile(p, staging / p.name)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(staging, dst)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_bundle(bundle_dir: Path, info: BundleInfo) -> None:
+    """Write ``bundle.json`` (validated) atomically."""
+    write_json_atomic(Path(bundle_dir) / BUNDLE_FILE, info.to_dict())

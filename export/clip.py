@@ -1,0 +1,254 @@
+"""CLIP family exporter: image and text towers of a transformers CLIPModel.
+
+Accepted sources: a hub id or local directory in transformers format
+(``config.json`` with ``model_type: clip``), and a sentence-transformers
+``clip-ViT-*`` directory (its ``modules.json`` points at a CLIPModel module
+whose folder holds the transformers files).
+
+The towers end in the projection and an L2 normalisation, so the graphs emit
+exactly ``normalize(CLIPModel.get_{image,text}_features(...))``. Text pooling
+takes the hidden state at the first end-of-text token, which is where both of
+transformers' pooling rules land for any right padding; since CLIP's attention is
+causal, padding after end-of-text cannot change it, and graphs take sequences of
+any length up to 77 (no padding to 77).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from crossmodal.errors import ArtifactError
+from crossmodal.manifest import ImagePreprocess, TextSettings
+
+from .pipeline import Thresholds, TowerSpec, export_bundle, random_pixels
+from .sources import Source, read_json, resolve
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.bin", "0_CLIPModel/*"]
+
+# Fixed texts for parity checks: short queries, padding within a batch, the full context.
+PARITY_TEXTS = [
+    ["two dogs in the snow"],
+    ["a photo of a cat", "London at night, seen from the river Thames", "", "café Ünïcödé 雪中的两只狗 🐕"],
+    [" ".join(["a very long caption about many things"] * 20)],
+]
+
+
+class ClipImageTower(torch.nn.Module):
+    """pixel_values (n, 3, S, S) -> L2-normalised image embedding (n, dim)."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.vision = model.vision_model
+        self.projection = model.visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision(pixel_values=pixel_values).pooler_output
+        return torch.nn.functional.normalize(self.projection(pooled), dim=-1)
+
+
+class ClipTextTower(torch.nn.Module):
+    """input_ids, attention_mask (n, L) -> L2-normalised text embedding (n, dim)."""
+
+    def __init__(self, model: Any, eot_id: int):
+        super().__init__()
+        self.text = model.text_model
+        self.projection = model.text_projection
+        self.eot_id = eot_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        eot = (input_ids == self.eot_id).to(torch.int32).argmax(dim=-1)
+        pooled = hidden[torch.arange(hidden.shape[0]), eot]
+        return torch.nn.functional.normalize(self.projection(pooled), dim=-1)
+
+
+def find_transformers_dir(path: Path) -> Path:
+    """The folder holding the transformers CLIP files (itself, or a sentence-transformers module folder)."""
+    modules = path / "modules.json"
+    if modules.is_file():
+        for mod in read_json(modules):
+            if str(mod.get("type", "")).endswith("CLIPModel"):
+                sub = path / mod.get("path", "")
+                if (sub / "config.json").is_file():
+                    return sub
+        raise ArtifactError(f"{path} is a sentence-transformers directory without a CLIPModel module; "
+                            "use `crossmodal export mbert` for text-only sentence-transformers models")
+    if (path / "config.json").is_file():
+        cfg = read_json(path / "config.json")
+        if cfg.get("model_type") != "clip":
+            raise ArtifactError(f"{path}/config.json has model_type {cfg.get('model_type')!r}, not 'clip'")
+        return path
+    raise ArtifactError(f"{path} holds neither config.json (transformers CLIP) nor modules.json (sentence-transformers)")
+
+
+def image_preprocess_from(model_dir: Path, image_size: int) -> ImagePreprocess:
+    """CLIPImageProcessor settings from preprocessor_config.json (OpenAI defaults if absent)."""
+    p = model_dir / "preprocessor_config.json"
+    cfg = read_json(p) if p.is_file() else {}
+    size = cfg.get("size", {"shortest_edge": image_size})
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else int(size)
+    crop = cfg.get("crop_size", {"height": image_size, "width": image_size})
+    crop_side = crop.get("height") if isinstance(crop, dict) else int(crop)
+    if isinstance(crop, dict) and crop.get("height") != crop.get("width"):
+        raise ArtifactError(f"{p}: non-square crop {crop} is not supported")
+    if cfg.get("resample", 3) != 3:
+        raise ArtifactError(f"{p}: resample={cfg.get('resample')} (only bicubic, 3, is supported)")
+    if shortest is None:
+        raise ArtifactError(f"{p}: size must give shortest_edge, got {size}")
+    if crop_side != image_size:
+        raise ArtifactError(f"{p}: crop size {crop_side} differs from the model's image_size {image_size}")
+    return ImagePreprocess(
+        size=int(shortest),
+        resize="shortest_edge",
+        crop_size=int(crop_side) if cfg.get("do_center_crop", True) else None,
+        interpolation="bicubic",
+        mean=tuple(cfg.get("image_mean", ImagePreprocess.mean)),  # type: ignore[arg-type]
+        std=tuple(cfg.get("image_std", ImagePreprocess.std)),  # type: ignore[arg-type]
+        rescale=float(cfg.get("rescale_factor", 1.0 / 255.0)),
+        reference="transformers",
+    )
+
+
+def load_clip(model_dir: Path) -> Any:
+    from transformers import CLIPModel
+
+    # Eager attention traces into the plain MatMul/Softmax pattern the ORT fusions recognise.
+    return CLIPModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+
+def text_feeds(tokenizer: Any, settings: TextSettings, batches: Sequence[Sequence[str]]) -> list[dict[str, NDArray]]:
+    """Tokenise parity texts exactly as the runtime will."""
+    from crossmodal.text import TextTokenizer
+
+    tok = TextTokenizer(tokenizer, settings)
+    return [tok.encode(list(b)) for b in batches]
+
+
+def image_feeds(preprocess: ImagePreprocess, calib_dir: Path | None, seed: int = 0) -> tuple[list[dict[str, NDArray]], list[dict[str, NDArray]]]:
+    """(parity feeds, calibration feeds) for the image tower.
+
+    Parity uses random tensors of several batch sizes; calibration uses real
+    preprocessed images when a folder is given or the repo's examples exist, since
+    static int8 ranges calibrated on noise misrepresent photos.
+    """
+    side = preprocess.output_size
+    parity = [{"pixel_values": random_pixels(b, side, seed + b)} for b in (1, 3)]
+    calib: list[dict[str, NDArray]] = []
+    files = sorted(p for p in calib_dir.iterdir() if p.is_file()) if calib_dir and calib_dir.is_dir() else []
+    if files:
+        from crossmodal.image import preprocess as prep
+
+        good = []
+        for f in files[:64]:
+            try:
+                good.append(prep([f], preprocess))
+            except Exception:  # calibration folders may hold non-images; skip them
+                continue
+        if good:
+            arr = np.concatenate(good)
+            calib = [{"pixel_values": arr[i:i + 8]} for i in range(0, len(arr), 8)]
+            parity.append({"pixel_values": arr[:8]})
+    return parity, calib or parity
+
+
+def build_specs(source: Source, *, calib_dir: Path | None = None, towers: Sequence[str] = ("image", "text")) -> tuple[list[TowerSpec], dict[str, Any]]:
+    """TowerSpecs for a CLIP checkpoint, plus bundle facts (dim, logit_scale)."""
+    from .clip_tokenizer import clip_tokenizer_from_source
+
+    model_dir = find_transformers_dir(source.path)
+    model = load_clip(model_dir)
+    cfg = model.config
+    dim = int(cfg.projection_dim)
+    specs: list[TowerSpec] = []
+    if "image" in towers:
+        vc = cfg.vision_config
+        preprocess = image_preprocess_from(model_dir, int(vc.image_size))
+        parity, calib = image_feeds(preprocess, calib_dir)
+        specs.append(TowerSpec(
+            tower="image", module=ClipImageTower(model), input_names=("pixel_values",), output_names=("embedding",),
+            dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+            parity_inputs=parity, calibration_inputs=calib, dim=dim, preprocess=preprocess,
+            ort_optimizer={"model_type": "vit", "num_heads": int(vc.num_attention_heads), "hidden_size": int(vc.hidden_size)},
+            extra={"image_size": int(vc.image_size), "patch_size": int(vc.patch_size)},
+        ))
+    if "text" in towers:
+        tc = cfg.text_config
+        tokenizer = clip_tokenizer_from_source(model_dir)
+        eot_id = tokenizer.token_to_id("<|endoftext|>")
+        if eot_id is None:
+            raise ArtifactError(f"{model_dir}: the vocabulary has no <|endoftext|> token")
+        max_len = int(tc.max_position_embeddings)
+        settings = TextSettings(max_length=max_len, cleaning="clip", pad_id=int(eot_id))
+        feeds = text_feeds(tokenizer, settings, PARITY_TEXTS)
+        specs.append(TowerSpec(
+            tower="text", module=ClipTextTower(model, int(eot_id)), input_names=("input_ids", "attention_mask"),
+            output_names=("embedding",),
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          "embedding": {0: "batch"}},
+            parity_inputs=feeds, dim=dim, text=settings, tokenizer=tokenizer,
+            ort_optimizer={"model_type": "clip", "num_heads": int(tc.num_attention_heads), "hidden_size": int(tc.hidden_size)},
+            extra={"eot_id": int(eot_id), "pooling": "first end-of-text token"},
+        ))
+    facts = {"dim": dim, "logit_scale": float(model.logit_scale.detach().exp()), "model_dir": str(model_dir)}
+    return specs, facts
+
+
+def space_name(source: Source) -> str:
+    """Embedding-space id recorded in bundle.json: the checkpoint's hub id, or its folder name."""
+    return source.model if not Path(source.model).expanduser().exists() else Path(source.model).resolve().name
+
+
+def export_clip(
+    model: str,
+    out: Path,
+    targets: str | Sequence[str] = ("cpu-fp32", "cpu-int8"),
+    *,
+    name: str | None = None,
+    space: str | None = None,
+    calib_dir: Path | None = None,
+    int8_recipe: str = "auto",
+    optimize: bool = True,
+    thresholds: Thresholds = Thresholds(),
+    towers: Sequence[str] = ("image", "text"),
+) -> Path:
+    """Export a CLIP checkpoint to a bundle at ``out``; returns the bundle path."""
+    source = resolve(model, allow_patterns=_PATTERNS)
+    specs, facts = build_specs(source, calib_dir=calib_dir, towers=towers)
+    space = space or space_name(source)
+    return export_bundle(
+        Path(out), name=name or Path(out).name, family="clip", space=space, dim=facts["dim"],
+        logit_scale=facts["logit_scale"], source=source.to_dict(), specs=specs, targets=targets,
+        thresholds=thresholds, int8_recipe=int8_recipe, optimize=optimize, progress=print,
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local dir (transformers CLIP or sentence-transformers clip-ViT-*)")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    p.add_argument("--targets", default="cpu-fp32,cpu-int8", help="comma list of cpu-fp32, cpu-int8, gpu-fp16")
+    p.add_argument("--name", help="bundle name (default: the --out folder name)")
+    p.add_argument("--space", help="embedding-space id (default: the model id)")
+    p.add_argument("--calib", type=Path, help="folder of images for static int8 calibration (default: examples/images)")
+    p.add_argument("--int8-recipe", default="auto", choices=["auto", "nbits8", "dynamic", "qdq"])
+    p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime transformer fusions")
+
+
+def run(args: argparse.Namespace) -> Path:
+    calib = args.calib or _default_calib_dir()
+    return export_clip(args.model, args.out, args.targets, name=args.name, space=args.space, calib_dir=calib,
+                       int8_recipe=args.int8_recipe, optimize=not args.no_optimize)
+
+
+def _default_calib_dir() -> Path | None:
+    here = Path(__file__).resolve().parent.parent / "examples" / "images"
+    return here if here.is_dir() else None

@@ -1,0 +1,76 @@
+"""Loading a bundle directory into an :class:`~crossmodal.encoder.Encoder`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .encoder import Encoder
+from .errors import ArtifactError, IncompatibleTowersError
+from .manifest import TowerManifest, available_variants, read_bundle, read_manifest
+from .session import make_session
+from .towers import ImageTower, TextTower
+
+DEFAULT_VARIANT = "cpu-fp32"
+
+
+def _check_space(bundle_name: str, space: str, dim: int, manifest: TowerManifest, where: Path) -> None:
+    if manifest.dim != dim or manifest.space != space:
+        raise IncompatibleTowersError(
+            f"{where}: tower embeds into space {manifest.space!r} (dim {manifest.dim}) but bundle "
+            f"{bundle_name!r} declares {space!r} (dim {dim}); these towers cannot be compared. "
+            "Re-export the bundle so both towers come from one model pairing."
+        )
+
+
+def load(
+    path: str | os.PathLike[str],
+    variant: str | None = None,
+    modality: str | None = None,
+    *,
+    threads: int | None = None,
+    allow_cpu_fallback: bool = False,
+    providers: Sequence[str] | None = None,
+) -> Encoder:
+    """Load a bundle written by ``crossmodal export``.
+
+    Args:
+        path: the bundle directory (holding ``bundle.json``).
+        variant: ``cpu-fp32`` (default), ``cpu-int8``, ``gpu-fp16``, ``gpu-trt-fp16``.
+        modality: ``None`` for every tower in the bundle, or ``"image"`` / ``"text"`` for one.
+        threads: onnxruntime intra-op threads per tower (default: one per physical core).
+        allow_cpu_fallback: run a GPU variant on the CPU when CUDA is missing instead of raising.
+        providers: explicit onnxruntime providers, overriding the variant's choice.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"bundle directory {root} does not exist; create one with `crossmodal export`")
+    bundle = read_bundle(root)
+    if modality not in (None, "image", "text"):
+        raise ValueError(f"modality must be None, 'image' or 'text', got {modality!r}")
+    wanted = [m for m in ("image", "text") if m in bundle.towers and modality in (None, m)]
+    if not wanted:
+        raise ArtifactError(f"bundle {root} has no {modality} tower (it has: {sorted(bundle.towers)})")
+    variant = variant or DEFAULT_VARIANT
+    towers: dict[str, ImageTower | TextTower] = {}
+    for name in wanted:
+        folder = bundle.towers[name]
+        tower_dir = root / folder / variant
+        if not tower_dir.is_dir():
+            have = available_variants(root, folder)
+            raise ArtifactError(
+                f"bundle {root} has no {variant!r} variant of its {name} tower (it has: {have or 'none'}); "
+                f"pass variant= one of those or export it with `crossmodal export ... --targets {variant}`"
+            )
+        manifest = read_manifest(tower_dir)
+        if manifest.tower != name:
+            raise ArtifactError(f"{tower_dir}/manifest.json describes a {manifest.tower} tower, expected {name}")
+        _check_space(bundle.name, bundle.space, bundle.dim, manifest, tower_dir)
+        model = tower_dir / manifest.model_file
+        if not model.is_file():
+            raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
+        session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+        cls = ImageTower if name == "image" else TextTower
+        towers[name] = cls(tower_dir, manifest, session)
+    return Encoder(bundle, variant, towers.get("image"), towers.get("text"))  # type: ignore[arg-type]

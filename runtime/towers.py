@@ -1,0 +1,150 @@
+"""One ONNX tower each: the image tower (pixels -> embedding) and the text tower (strings -> embedding).
+
+A tower owns its onnxruntime session and the pre-processing its manifest
+describes. Both are thread-safe for concurrent ``encode`` calls
+(``InferenceSession.run`` is).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ArtifactError, ImageInputError, InputError, TextInputError
+from .manifest import TowerManifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .image import ImageSource
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+class Tower:
+    """Shared part: the session, its I/O names and the declared embedding dim."""
+
+    def __init__(self, path: Path, manifest: TowerManifest, session: Any):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.session = session
+        self.dim = manifest.dim
+        graph_inputs = [i.name for i in session.get_inputs()]
+        if sorted(graph_inputs) != sorted(manifest.input_names):
+            raise ArtifactError(
+                f"{self.path}: graph inputs {graph_inputs} differ from the manifest's {list(manifest.input_names)}; "
+                "the folder mixes files of different exports: re-export it"
+            )
+        self._output = manifest.outputs[0].name
+
+    def run(self, feeds: dict[str, NDArray]) -> NDArray[np.float32]:
+        """Run the graph on prepared inputs; returns (n, dim) float32."""
+        out = self.session.run([self._output], feeds)[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class ImageTower(Tower):
+    """Images (paths, bytes, PIL images, uint8 arrays) -> L2-normalised embeddings."""
+
+    def __init__(self, path: Path, manifest: TowerManifest, session: Any, *, workers: int = 2):
+        super().__init__(path, manifest, session)
+        assert manifest.preprocess is not None  # validated by TowerManifest
+        self.preprocess_config = manifest.preprocess
+        self.workers = max(1, workers)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess_config.output_size
+
+    def preprocess_one(self, source: "ImageSource") -> NDArray[np.float32]:
+        """Decode and preprocess one image to (3, S, S) float32."""
+        from .image import preprocess_one
+
+        return preprocess_one(source, self.preprocess_config)
+
+    def preprocess(self, sources: Sequence["ImageSource"]) -> NDArray[np.float32]:
+        """Decode and preprocess a batch (in worker threads: PIL releases the GIL)."""
+        if len(sources) <= 1 or self.workers == 1:
+            return np.stack([self.preprocess_one(s) for s in sources]) if sources else np.zeros((0, 3, self.input_size, self.input_size), np.float32)
+        with ThreadPoolExecutor(self.workers) as pool:
+            return np.stack(list(pool.map(self._preprocess_indexed, range(len(sources)), sources)))
+
+    def _preprocess_indexed(self, i: int, source: "ImageSource") -> NDArray[np.float32]:
+        try:
+            return self.preprocess_one(source)
+        except ImageInputError as exc:
+            raise ImageInputError(f"image #{i}: {exc}") from exc
+
+    def run_pixels(self, pixel_values: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Embed already preprocessed pixels of shape (n, 3, S, S)."""
+        s = self.input_size
+        arr = np.asarray(pixel_values)
+        if arr.ndim != 4 or arr.shape[1:] != (3, s, s):
+            raise InputError(f"pixel_values must have shape (n, 3, {s}, {s}), got {arr.shape}")
+        return self.run({self.manifest.inputs[0].name: np.ascontiguousarray(arr, dtype=np.float32)})
+
+    def encode(self, images: Sequence["ImageSource"], batch_size: int = 16) -> NDArray[np.float32]:
+        """Embed images in batches of ``batch_size``; the next batch decodes while the model runs."""
+        _check_batch_size(batch_size)
+        chunks = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        outs: list[NDArray[np.float32]] = []
+        with ThreadPoolExecutor(1) as prefetch:
+            pending = prefetch.submit(self._preprocess_offset, chunks[0], 0) if chunks else None
+            for k in range(len(chunks)):
+                assert pending is not None
+                pixels = pending.result()
+                if k + 1 < len(chunks):
+                    pending = prefetch.submit(self._preprocess_offset, chunks[k + 1], (k + 1) * batch_size)
+                outs.append(self.run_pixels(pixels))
+        return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
+
+    def _preprocess_offset(self, chunk: Sequence["ImageSource"], offset: int) -> NDArray[np.float32]:
+        try:
+            return self.preprocess(chunk)
+        except ImageInputError as exc:
+            msg = str(exc)
+            if msg.startswith("image #") and offset:
+                num, rest = msg[len("image #"):].split(":", 1)
+                raise ImageInputError(f"image #{int(num) + offset}:{rest}") from exc
+            raise
+
+
+class TextTower(Tower):
+    """Strings -> L2-normalised embeddings, tokenised exactly like the reference model."""
+
+    def __init__(self, path: Path, manifest: TowerManifest, session: Any):
+        super().__init__(path, manifest, session)
+        from .text import TextTokenizer
+
+        assert manifest.text is not None  # validated by TowerManifest
+        self.tokenizer = TextTokenizer.from_file(self.path / manifest.text.tokenizer_file, manifest.text)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, NDArray[np.int64]]:
+        return self.tokenizer.encode(texts)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> NDArray[np.float32]:
+        """Embed texts in batches, each padded only to its own longest text.
+
+        Texts are grouped by length first (and put back in order after), so a
+        long text does not make every short one in its batch pay for padding.
+        """
+        _check_batch_size(batch_size)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TextInputError(f"text #{i} is a {type(t).__name__} ({t!r:.40}), expected str")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if len(texts) <= batch_size:
+            return self.run(self.tokenize(texts))
+        order = np.argsort([len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), np.float32)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i:i + batch_size]
+            out[idx] = self.run(self.tokenize([texts[j] for j in idx]))
+        return out
