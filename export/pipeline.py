@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from crossmodal.manifest import VARIANTS, BundleInfo, ImagePreprocess, TextSettings, read_bundle
+from crossmodal.manifest import FORMAT_VERSION, VARIANTS, BundleInfo, ImagePreprocess, TextSettings, read_bundle
 from crossmodal.errors import ArtifactError
 
 from . import artifact
@@ -101,6 +101,7 @@ def _manifest_fields(
 ) -> dict[str, Any]:
     example = spec.parity_inputs[0]
     return {
+        "format_version": FORMAT_VERSION,
         "family": family,
         "tower": spec.tower,
         "variant": variant,
