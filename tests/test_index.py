@@ -1,0 +1,414 @@
+"""crossmodal.Index: storage, search, bad input, durability under kill -9, concurrent readers, recall."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossmodal.errors import IncompatibleTowersError, IndexStoreError, InputError
+from crossmodal.index import (
+    HEADER_FILE,
+    META_FILE,
+    Index,
+    SearchResult,
+    bench_recall,
+    content_key,
+    key_from_sha256,
+    vectors_file,
+)
+from helpers.fake_encoder import FakeEncoder
+
+DIM = 16
+
+
+def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_index(tmp_path: Path, n: int = 100, seed: int = 0, **kw) -> tuple[Index, np.ndarray, np.ndarray]:
+    idx = Index.create(tmp_path / "idx", bundle="fake-clip", space="fake-space", dim=DIM, root=tmp_path, **kw)
+    vecs = unit(n, seed=seed)
+    keys = idx.add(vecs, [{"path": f"img{i}.jpg", "caption": f"caption {i}"} for i in range(n)])
+    return idx, vecs, keys
+
+
+# ---------------------------------------------------------------- basics
+
+
+def test_keys_are_63_bit_content_hashes() -> None:
+    key, digest = content_key(b"hello")
+    assert digest == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert key == int("2cf24dba5fb0a30e", 16) & ((1 << 63) - 1) == key_from_sha256(digest)
+    assert 0 <= key < 2**63
+
+
+def test_roundtrip_search_matches_numpy(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path)
+    assert len(idx) == 100 and len(keys) == 100
+    idx.save()
+    idx.close()
+    header = json.loads((tmp_path / "idx" / HEADER_FILE).read_text())
+    assert header["count"] == 100 and header["dim"] == DIM and header["bundle"] == "fake-clip"
+    assert header["metric"] == "cos" and header["dtype"] == "f32" and header["format_version"] == 1
+
+    idx = Index.open(tmp_path / "idx", read_only=True)
+    q = unit(5, seed=9)
+    exact = idx.search(q, 7, exact=True)
+    truth = np.argsort(-(q @ vecs.T), axis=1)[:, :7]
+    for i in range(5):
+        assert [r.path for r in exact[i]] == [str(tmp_path / f"img{j}.jpg") for j in truth[i]]
+        np.testing.assert_allclose([r.score for r in exact[i]], (q[i] @ vecs.T)[truth[i]], atol=1e-5)
+        assert exact[i][0].caption == f"caption {truth[i][0]}"
+    # single query -> flat list, equal to the first row of the batch
+    single = idx.search(q[0], 7, exact=True)
+    assert isinstance(single[0], SearchResult) and single == exact[0]
+    # a stored vector finds itself first with score 1
+    hit = idx.search(vecs[42], 1)[0]
+    assert hit.key == int(keys[42]) and hit.score == pytest.approx(1.0, abs=1e-5)
+    rec = idx.get(int(keys[42]))
+    assert rec is not None and rec.path == str(tmp_path / "img42.jpg")
+
+
+def test_k_bounds_and_empty_index(tmp_path: Path) -> None:
+    idx = Index.create(tmp_path / "idx", bundle="b", dim=DIM)
+    assert idx.search(unit(1)[0], 5) == []
+    assert idx.search(unit(3), 5) == [[], [], []]
+    idx.add(unit(4))
+    assert len(idx.search(unit(1)[0], 100)) == 4  # k > len: every item
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(InputError, match="k must be a positive integer"):
+            idx.search(unit(1)[0], bad)  # type: ignore[arg-type]
+
+
+def test_wrong_dimensions_and_bad_values(tmp_path: Path) -> None:
+    idx, _, _ = make_index(tmp_path, n=10)
+    with pytest.raises(InputError, match="16-dimensional"):
+        idx.add(unit(2, dim=8))
+    with pytest.raises(InputError, match="16-dimensional"):
+        idx.search(unit(1, dim=32)[0], 3)
+    with pytest.raises(InputError, match="16-dimensional"):
+        idx.search(np.zeros((2, 3, DIM), np.float32), 3)
+    nan = unit(1)
+    nan[0, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        idx.add(nan)
+    with pytest.raises(InputError, match="metadata"):
+        idx.add(unit(2), [{}])
+    assert len(idx) == 10  # nothing half-added
+
+
+def test_same_content_is_added_once(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path, n=10)
+    again = idx.add(vecs, [{"path": f"other{i}.jpg"} for i in range(10)])
+    assert len(again) == 0 and len(idx) == 10
+    assert idx.get(int(keys[0])).path == str(tmp_path / "img0.jpg")  # first path kept
+    dup = idx.add(np.concatenate([vecs[:1], unit(1, seed=5), unit(1, seed=5)]))
+    assert len(dup) == 1 and len(idx) == 11
+
+
+def test_remove_is_durable_before_and_after_save(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path, n=20)
+    idx.save()
+    assert idx.remove([int(keys[3]), 12345]) == 1
+    assert all(r.key != int(keys[3]) for r in idx.search(vecs[3], 20))
+    idx.close()  # no save: the removal is already committed in SQLite
+    idx = Index.open(tmp_path / "idx")
+    assert len(idx) == 19 and idx.get(int(keys[3])) is None
+    assert idx.search(vecs[3], 1)[0].key != int(keys[3])
+    idx.save()
+    idx.close()
+    idx = Index.open(tmp_path / "idx", read_only=True)
+    assert len(idx) == 19 and not idx.contains(int(keys[3]))
+
+
+def test_text_tower_is_separate(tmp_path: Path) -> None:
+    idx, vecs, _ = make_index(tmp_path, n=10)
+    tk = idx.add(vecs[:3], [{"path": "img0.jpg", "caption": "a"}, {"path": "img1.jpg", "caption": "b"},
+                            {"path": "img2.jpg", "caption": "c"}], tower="text")
+    assert idx.count("image") == 10 and idx.count("text") == 3 and len(idx) == 13 and len(tk) == 0 + 3
+    idx.save()
+    idx.close()
+    idx = Index.open(tmp_path / "idx", read_only=True)
+    hits = idx.search(vecs[1], 5, tower="text")
+    assert [h.caption for h in hits][0] == "b" and len(hits) == 3 and hits[0].tower == "text"
+    assert (tmp_path / "idx" / vectors_file("text")).is_file()
+
+
+def test_encoder_compatibility(tmp_path: Path) -> None:
+    enc = FakeEncoder(dim=DIM)
+    idx = Index.create(tmp_path / "idx", bundle=enc.bundle)
+    assert (idx.bundle, idx.space, idx.dim) == ("fake-clip", "fake-space", DIM)
+    red = enc.encode_text(["red"])
+    blue = enc.encode_text(["blue"])
+    idx.add(np.concatenate([red, blue]), [{"caption": "r"}, {"caption": "b"}])
+    assert idx.search_text(enc, "a red car", 1)[0].caption == "r"
+    assert [h[0].caption for h in idx.search_text(enc, ["blue sky", "red"], 1)] == ["b", "r"]
+    with pytest.raises(IncompatibleTowersError, match="fake-space"):
+        idx.search_text(FakeEncoder(dim=DIM, name="other", space="other-space"), "red", 1)
+    with pytest.raises(IncompatibleTowersError, match="dim 16"):
+        idx.search_image(FakeEncoder(dim=8), np.zeros((4, 4, 3), np.uint8), 1)
+    with pytest.raises(InputError, match="contradicts"):
+        Index.create(tmp_path / "idx2", bundle=enc.bundle, dim=DIM + 1)
+
+
+def test_quantised_storage(tmp_path: Path) -> None:
+    for dtype in ("f16", "i8"):
+        idx = Index.create(tmp_path / dtype, bundle="b", dim=DIM, dtype=dtype)
+        vecs = unit(200, seed=3)
+        keys = idx.add(vecs)
+        idx.save()
+        idx.close()
+        idx = Index.open(tmp_path / dtype, read_only=True)
+        assert idx.dtype == dtype
+        found = [idx.search(v, 1, exact=True)[0].key for v in vecs[:50]]
+        assert found == [int(k) for k in keys[:50]]
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def test_open_refuses_missing_and_corrupt_stores(tmp_path: Path) -> None:
+    with pytest.raises(IndexStoreError, match="not a crossmodal index"):
+        Index.open(tmp_path / "nothing")
+    idx, _, _ = make_index(tmp_path, n=30)
+    idx.save()
+    idx.close()
+    path = tmp_path / "idx"
+    with pytest.raises(IndexStoreError, match="not empty"):
+        Index.create(path, bundle="b", dim=DIM)
+
+    graph = path / vectors_file("image")
+    good = graph.read_bytes()
+    graph.write_bytes(good[: len(good) // 2])
+    with pytest.raises(IndexStoreError, match="does not match the committed digest"):
+        Index.open(path, read_only=True)
+    graph.write_bytes(good)
+    Index.open(path, read_only=True).close()
+
+    header = path / HEADER_FILE
+    good_header = header.read_text()
+    header.write_text(good_header.replace('"dim": 16', '"dim": 17'))
+    with pytest.raises(IndexStoreError, match="disagrees"):
+        Index.open(path, read_only=True)
+    fixed = Index.open(path, repair=True)
+    assert any("header" in r for r in fixed.repairs) and len(fixed) == 30
+    fixed.close()
+    assert json.loads(header.read_text())["dim"] == DIM
+
+    meta = path / META_FILE
+    for extra in ("-wal", "-shm"):
+        Path(str(meta) + extra).unlink(missing_ok=True)
+    meta.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(IndexStoreError, match="not a readable crossmodal metadata store"):
+        Index.open(path, read_only=True)
+
+
+def test_replaced_graph_is_refused_then_repaired(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path, n=30)
+    idx.save()
+    idx.close()
+    path = tmp_path / "idx"
+    other, _, _ = make_index(tmp_path / "o", n=5, seed=7)
+    other.save()
+    other.close()
+    (path / vectors_file("image")).write_bytes((tmp_path / "o" / "idx" / vectors_file("image")).read_bytes())
+    with pytest.raises(IndexStoreError, match="repair=True"):
+        Index.open(path)
+    idx = Index.open(path, repair=True)
+    assert len(idx) == 0 and any("empty graph" in r for r in idx.repairs)
+    assert list(idx.items()) == []  # the items lost their vectors and were dropped
+    assert len(idx.add(vecs)) == 30  # ... so the next build re-embeds them
+
+
+def test_paths_outside_root(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path / "root", n=5)
+    for bad in ("../x.jpg", "/etc/passwd", str(tmp_path / "elsewhere.jpg"), "a/../../b.jpg"):
+        with pytest.raises(InputError, match="outside the index root"):
+            idx.add(unit(1, seed=11), [{"path": bad}])
+    idx.add(unit(1, seed=12), [{"path": str(tmp_path / "root" / "sub" / "ok.jpg")}])
+    assert idx.search(unit(1, seed=12)[0], 1)[0].path == str(tmp_path / "root" / "sub" / "ok.jpg")
+    idx.save()
+    idx.close()
+    with sqlite3.connect(tmp_path / "root" / "idx" / META_FILE) as conn:
+        conn.execute("UPDATE items SET path = '../../secret.jpg' WHERE key = ?", (int(keys[2]),))
+    with pytest.raises(IndexStoreError, match="outside the index root"):
+        Index.open(tmp_path / "root" / "idx", read_only=True)
+    idx = Index.open(tmp_path / "root" / "idx", repair=True)
+    assert len(idx) == 5 and idx.get(int(keys[2])) is None and not idx.contains(int(keys[2]))
+
+
+def test_single_writer_many_readers(tmp_path: Path) -> None:
+    idx, vecs, _ = make_index(tmp_path, n=10)
+    with pytest.raises(IndexStoreError, match="open for writing by another process"):
+        Index.open(tmp_path / "idx")
+    reader = Index.open(tmp_path / "idx", read_only=True)
+    assert len(reader) == 10  # journaled adds are visible before any save
+    with pytest.raises(IndexStoreError, match="read_only"):
+        reader.add(unit(1, seed=4))
+    idx.close()
+    Index.open(tmp_path / "idx").close()  # the lock is released on close
+
+
+# ---------------------------------------------------------------- kill -9
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from crossmodal.index import Index
+    path, stop_at = sys.argv[1], sys.argv[2]
+    idx = Index.open(path)
+    def hook(step):
+        if step == stop_at:
+            print("AT", step, flush=True)
+            time.sleep(60)
+    idx._hook = hook
+    v = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    idx.add(v, [{"path": f"new{i}.jpg"} for i in range(50)])
+    idx.save()
+    print("DONE", flush=True)
+""")
+
+
+def run_until(args: list[str], marker: str, timeout: float = 30) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(marker):
+            return proc
+    proc.kill()
+    raise AssertionError(f"worker never printed {marker!r} (exit code {proc.wait()})")
+
+
+@pytest.mark.parametrize("step,count,generation", [
+    ("add:journaled", 100, 1),    # inside the add transaction: rolled back
+    ("save:tmp-written", 150, 1),  # before the commit point: vectors come back from the journal
+    ("save:committed", 150, 2),   # after the commit point, before the rename: rolled forward
+    ("save:replaced", 150, 2),    # before the header rewrite
+])
+def test_kill_minus_9_mid_write(tmp_path: Path, step: str, count: int, generation: int) -> None:
+    idx, vecs, keys = make_index(tmp_path, n=100)
+    idx.save()
+    idx.close()
+    path = tmp_path / "idx"
+    proc = run_until([WORKER, str(path), step], "AT")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+    tmp_graph = path / (vectors_file("image") + ".tmp")
+    assert tmp_graph.exists() == (step in ("save:tmp-written", "save:committed"))
+    # a reader never modifies the directory but still sees the committed state
+    reader = Index.open(path, read_only=True)
+    assert len(reader) == count and reader.generation == generation
+    reader.close()
+    assert tmp_graph.exists() == (step in ("save:tmp-written", "save:committed"))
+    writer = Index.open(path)
+    assert not tmp_graph.exists()
+    assert len(writer) == count and writer.generation == generation and writer.repairs == []
+    assert writer.search(vecs[7], 1)[0].key == int(keys[7])
+    new = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    assert (writer.search(new[3], 1)[0].path == str(tmp_path / "new3.jpg")) == (count == 150)
+    writer.save()
+    writer.close()
+    assert json.loads((path / HEADER_FILE).read_text())["count"] == count
+
+
+LOOP_WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from crossmodal.index import Index
+    idx = Index.open(sys.argv[1])
+    rng = np.random.default_rng(2)
+    for i in range(10_000):
+        v = rng.standard_normal((20, 16)).astype(np.float32)
+        idx.add(v, [{"path": f"loop{i}_{j}.jpg"} for j in range(20)])
+        print("COMMITTED", len(idx), flush=True)
+        if i % 3 == 2:
+            idx.save()
+            print("SAVED", len(idx), flush=True)
+""")
+
+
+def test_kill_minus_9_at_an_arbitrary_moment(tmp_path: Path) -> None:
+    idx, _, _ = make_index(tmp_path, n=10)
+    idx.save()
+    idx.close()
+    path = tmp_path / "idx"
+    for attempt, wait_lines in enumerate((7, 20, 33)):
+        proc = subprocess.Popen([sys.executable, "-c", LOOP_WORKER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        last = 0
+        for _ in range(wait_lines):
+            last = int(proc.stdout.readline().split()[1])
+        time.sleep(0.002 * attempt)  # land at different points of the next add/save
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        idx = Index.open(path)  # must open without repair
+        assert idx.repairs == [] and len(idx) >= last
+        assert len(list(idx.items())) == len(idx)
+        probe = np.random.default_rng(2).standard_normal((20, 16)).astype(np.float32)
+        assert idx.search(probe[5], 1)[0].path == str(tmp_path / "loop0_5.jpg")
+        idx.close()
+
+
+READER = textwrap.dedent("""
+    import sys, sqlite3
+    from crossmodal.index import Index
+    import numpy as np
+    checks = 0
+    for _ in range(int(sys.argv[2])):
+        idx = Index.open(sys.argv[1], read_only=True)
+        n = len(idx)
+        assert n == len(list(idx.items())), "items and vectors disagree"
+        assert n >= 10
+        hit = idx.search(np.ones(16, np.float32), 3)
+        assert len(hit) == 3
+        idx.close()
+        checks += 1
+    print("OK", checks, flush=True)
+""")
+
+
+def test_concurrent_readers_while_writer_adds(tmp_path: Path) -> None:
+    idx, _, _ = make_index(tmp_path, n=10)
+    idx.save()
+    idx.close()
+    path = tmp_path / "idx"
+    writer = subprocess.Popen([sys.executable, "-c", LOOP_WORKER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        writer.stdout.readline()
+        readers = [subprocess.run([sys.executable, "-c", READER, str(path), "10"], capture_output=True, text=True,
+                                  timeout=60) for _ in range(2)]
+    finally:
+        writer.kill()
+        writer.wait()
+        if writer.stdout:
+            writer.stdout.close()
+    for r in readers:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "OK 10"
+
+
+# ---------------------------------------------------------------- recall
+
+
+def test_hnsw_recall_at_10_vs_exact() -> None:
+    report = bench_recall(10_000, 64, k=10, n_queries=300, seed=0)
+    assert report.recall >= 0.99, report
+    assert report.settings["connectivity"] == 32 and report.n == 10_000
