@@ -76,11 +76,13 @@ def find_transformers_dir(path: Path) -> Path:
     """The folder holding the transformers CLIP files (itself, or a sentence-transformers module folder)."""
     modules = path / "modules.json"
     if modules.is_file():
+        # Older sentence-transformers save a `CLIPModel` module in 0_CLIPModel/; newer
+        # ones save it at the root, or as a generic `Transformer` module: look for the
+        # module folder whose config.json is a CLIP config.
         for mod in read_json(modules):
-            if str(mod.get("type", "")).endswith("CLIPModel"):
-                sub = path / mod.get("path", "")
-                if (sub / "config.json").is_file():
-                    return sub
+            sub = path / mod.get("path", "")
+            if (sub / "config.json").is_file() and read_json(sub / "config.json").get("model_type") == "clip":
+                return sub
         raise ArtifactError(f"{path} is a sentence-transformers directory without a CLIPModel module; "
                             "use `crossmodal export mbert` for text-only sentence-transformers models")
     if (path / "config.json").is_file():

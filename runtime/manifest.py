@@ -85,6 +85,8 @@ class ImagePreprocess:
         _require(self.interpolation in INTERPOLATIONS, where, f"unknown interpolation {self.interpolation!r}")
         _require(len(self.mean) == 3 and len(self.std) == 3, where, "mean and std need 3 values")
         _require(all(s > 0 for s in self.std), where, "std values must be positive")
+        _require(self.reference in ("transformers", "pil"), where,
+                 f"reference must be 'transformers' or 'pil', got {self.reference!r}")
 
     @property
     def output_size(self) -> int:

@@ -91,6 +91,8 @@ class ImageTower(Tower):
     def encode(self, images: Sequence["ImageSource"], batch_size: int = 16) -> NDArray[np.float32]:
         """Embed images in batches of ``batch_size``; the next batch decodes while the model runs."""
         _check_batch_size(batch_size)
+        if len(images) == 0:
+            raise ImageInputError("encode_image got an empty list of images; pass at least one image")
         chunks = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         outs: list[NDArray[np.float32]] = []
         with ThreadPoolExecutor(1) as prefetch:
@@ -101,7 +103,7 @@ class ImageTower(Tower):
                 if k + 1 < len(chunks):
                     pending = prefetch.submit(self._preprocess_offset, chunks[k + 1], (k + 1) * batch_size)
                 outs.append(self.run_pixels(pixels))
-        return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
+        return np.concatenate(outs)
 
     def _preprocess_offset(self, chunk: Sequence["ImageSource"], offset: int) -> NDArray[np.float32]:
         try:
@@ -139,7 +141,7 @@ class TextTower(Tower):
             if not isinstance(t, str):
                 raise TextInputError(f"text #{i} is a {type(t).__name__} ({t!r:.40}), expected str")
         if not texts:
-            return np.zeros((0, self.dim), np.float32)
+            raise TextInputError("encode_text got an empty list of texts; pass at least one string")
         if len(texts) <= batch_size:
             return self.run(self.tokenize(texts))
         order = np.argsort([len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")

@@ -1,0 +1,73 @@
+"""The runtime works in a process where torch, transformers and optimum cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import crossmodal
+
+BLOCKED = ("torch", "transformers", "optimum", "sentence_transformers", "tensorflow", "jax", "timm", "open_clip")
+
+SCRIPT = r"""
+import importlib.abc, json, sys
+BLOCKED = set(sys.argv[3].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test process")
+        return None
+
+sys.meta_path.insert(0, Block())
+import crossmodal
+after_import = sorted(m for m in ("onnxruntime", "usearch", "PIL", "tokenizers", "numpy") if m in sys.modules)
+enc = crossmodal.load(sys.argv[1], variant=sys.argv[2])
+import numpy as np
+rng = np.random.default_rng(0)
+img = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+out = {
+    "after_import": after_import,
+    "text": enc.encode_text(["two dogs in the snow", "zwei Hunde im Schnee"]).tolist(),
+    "image": enc.encode_image([img]).tolist(),
+    "heavy_loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
+}
+print(json.dumps(out))
+"""
+
+
+def _run(bundle: Path, variant: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(bundle), variant, ",".join(BLOCKED)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_encoding_works_without_torch(tiny_clip_bundle: Path) -> None:
+    for variant in ("cpu-fp32", "cpu-int8"):
+        out = _run(tiny_clip_bundle, variant)
+        assert out["heavy_loaded"] == []
+        # `import crossmodal` alone pulls in none of the runtime's own heavy dependencies either.
+        assert out["after_import"] == []
+        enc = crossmodal.load(tiny_clip_bundle, variant=variant)
+        img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+        expected_text = enc.encode_text(["two dogs in the snow", "zwei Hunde im Schnee"])
+        np.testing.assert_allclose(np.array(out["text"]), expected_text, atol=1e-6)
+        np.testing.assert_allclose(np.array(out["image"]), enc.encode_image([img]), atol=1e-6)
+
+
+def test_runtime_sources_never_import_heavy_frameworks() -> None:
+    runtime = Path(crossmodal.__file__).parent
+    offenders = []
+    for path in runtime.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            words = line.strip().split()
+            if len(words) >= 2 and words[0] in ("import", "from") and words[1].split(".")[0] in BLOCKED:
+                offenders.append(f"{path.name}:{n}: {line.strip()}")
+    assert offenders == []
