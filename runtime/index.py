@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     tower TEXT NOT NULL, key INTEGER NOT NULL, path TEXT, caption TEXT, sha256 TEXT,
     extra TEXT, added_at REAL NOT NULL, PRIMARY KEY (tower, key));
+CREATE INDEX IF NOT EXISTS items_path ON items (path);
 CREATE TABLE IF NOT EXISTS journal (
     tower TEXT NOT NULL, key INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (tower, key));
 """
@@ -457,6 +458,20 @@ class Index:
     def contains(self, key: int, tower: str = "image") -> bool:
         """Whether ``key`` is indexed for ``tower`` (thread-safe enough for ingest workers: read only)."""
         return bool(self._graphs[tower].contains(int(key)))
+
+    def find_path(self, path: str | os.PathLike[str], *, tower: str = "image") -> list[int]:
+        """Keys of ``tower`` items stored under ``path`` (one per content version ever indexed there)."""
+        _check_setting("tower", tower, TOWERS)
+        rel = self._rel_path(path)
+        with self._db_lock:
+            rows = self._conn.execute("SELECT key FROM items WHERE tower = ? AND path = ?", (tower, rel)).fetchall()
+        return [int(r[0]) for r in rows if self._graphs[tower].contains(int(r[0]))]
+
+    def keys(self, tower: str = "image") -> set[int]:
+        """The keys of ``tower`` held by this instance."""
+        _check_setting("tower", tower, TOWERS)
+        g = self._graphs[tower]
+        return set(np.asarray(g.keys, dtype=np.uint64).tolist()) if len(g) else set()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={len(g)}" for t, g in self._graphs.items())

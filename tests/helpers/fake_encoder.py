@@ -48,6 +48,7 @@ class FakeImageTower:
         self._anchors = anchors
         self.delay = delay
         self.calls = 0
+        self.embedded = 0
         self._lock = threading.Lock()
 
     def preprocess_one(self, source: Any) -> NDArray[np.float32]:
@@ -63,7 +64,8 @@ class FakeImageTower:
                 im = Image.open(Path(source))
             im = im.convert("RGB").resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise ImageInputError(f"cannot decode image {str(source)[:60]!r}: {exc}") from exc
+            what = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(source)[:60]
+            raise ImageInputError(f"cannot decode image ({what}): {exc}") from exc
         return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
 
     def embed_colour(self, rgb01: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -75,6 +77,7 @@ class FakeImageTower:
         """(n, 3, S, S) -> (n, dim); ``delay`` seconds per call simulate a model."""
         with self._lock:
             self.calls += 1
+            self.embedded += len(pixel_values)
         if self.delay:
             time.sleep(self.delay)
         return self.embed_colour(np.asarray(pixel_values, dtype=np.float64).mean(axis=(2, 3)))

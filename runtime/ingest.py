@@ -1,0 +1,380 @@
+"""Folder ingestion: walk a folder, hash, decode in worker threads while the model runs, add to an index.
+
+The pipeline keeps both cores busy: a thread pool reads, hashes and decodes/preprocesses
+upcoming files (PIL and numpy release the GIL) while the main thread runs the image
+tower on the current fixed-size batch (onnxruntime releases the GIL too).
+
+Resumable by construction: every batch is committed to the index journal as soon as it
+is embedded, and a file's key is the sha256 of its bytes, so a rerun only hashes files
+already indexed and never embeds them twice. Unreadable files are skipped and reported
+with the reason; nothing else is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import CrossmodalError, InputError
+from .index import Index, content_key, key_from_sha256
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CAPTION_IMAGE_FIELDS = ("image", "filename", "file", "path")
+CAPTION_TEXT_FIELDS = ("caption", "text", "captions")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not indexed and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """What one :func:`ingest_folder` run did."""
+
+    folder: str
+    found: int = 0
+    added: int = 0
+    already_indexed: int = 0
+    duplicates: int = 0
+    replaced: int = 0
+    captions_added: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Newly embedded images per second of wall time."""
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """Human-readable summary listing every skipped file."""
+        lines = [
+            f"{self.folder}: {self.found} image file(s); {self.added} embedded, {self.already_indexed} already "
+            f"indexed, {self.duplicates} duplicate content, {self.replaced} changed since the last build, "
+            f"{len(self.skipped)} skipped"
+            + (f"; {self.captions_added} caption(s) embedded" if self.captions_added else "")
+            + f"; {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
+        ]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": self.folder, "found": self.found, "added": self.added,
+                "already_indexed": self.already_indexed, "duplicates": self.duplicates, "replaced": self.replaced,
+                "captions_added": self.captions_added, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 2),
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
+
+
+# --------------------------------------------------------------------------- walking
+
+
+def walk_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[SkippedFile]]:
+    """Image files under ``folder`` (sorted, symlinks followed once) and the files passed over.
+
+    Directories reached twice through symlinks (loops, or two links to one place) are
+    entered once; broken links, non-regular files and files whose extension is not an
+    image format are reported as skipped.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"--images {root} is not a directory; point it at a folder of images.")
+    images: list[Path] = []
+    skipped: list[SkippedFile] = []
+    seen: dict[tuple[int, int], str] = {}
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            st = d.stat()
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(SkippedFile(str(d), f"cannot list directory ({exc.strerror or exc})"))
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            skipped.append(SkippedFile(str(d), f"directory already visited as {seen[ident]} (symlink loop or alias)"))
+            continue
+        seen[ident] = str(d)
+        subdirs = []
+        for e in entries:
+            p = Path(e.path)
+            try:
+                s = os.stat(p)  # follows symlinks
+            except OSError:
+                skipped.append(SkippedFile(str(p), "broken symbolic link" if e.is_symlink() else "cannot stat file"))
+                continue
+            if stat.S_ISDIR(s.st_mode):
+                subdirs.append(p)
+            elif not stat.S_ISREG(s.st_mode):
+                skipped.append(SkippedFile(str(p), "not a regular file"))
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(SkippedFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})"))
+            else:
+                images.append(p)
+        stack.extend(reversed(subdirs))
+    return images, skipped
+
+
+def read_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Captions from a ``.jsonl`` (one object per line) or ``.csv`` (header row) file.
+
+    Each record names the image in one of ``image``/``filename``/``file``/``path``
+    (relative to the images folder, or a bare file name) and its text in
+    ``caption``/``text`` (or a ``captions`` list). Several records may name one image.
+    """
+    p = Path(path)
+    records: list[Mapping[str, Any]] = []
+    try:
+        if p.suffix.lower() == ".jsonl":
+            with open(p, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        obj = json.loads(line)
+                        if not isinstance(obj, dict):
+                            raise InputError(f"{p}:{n}: expected a JSON object per line.")
+                        records.append(obj)
+        elif p.suffix.lower() == ".csv":
+            with open(p, encoding="utf-8", newline="") as f:
+                records = list(csv.DictReader(f))
+        else:
+            raise InputError(f"--captions {p}: use a .jsonl or .csv file.")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise InputError(f"--captions {p} is unreadable ({exc}).") from exc
+    out: dict[str, list[str]] = {}
+    for n, rec in enumerate(records, 1):
+        image = next((rec[k] for k in CAPTION_IMAGE_FIELDS if rec.get(k)), None)
+        text = next((rec[k] for k in CAPTION_TEXT_FIELDS if rec.get(k)), None)
+        if not isinstance(image, str) or text is None:
+            raise InputError(f"{p} record {n} needs an image field ({'/'.join(CAPTION_IMAGE_FIELDS)}) and a "
+                             f"caption field ({'/'.join(CAPTION_TEXT_FIELDS)}).")
+        texts = text if isinstance(text, list) else [text]
+        out.setdefault(image.replace("\\", "/"), []).extend(str(t) for t in texts)
+    return out
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ProgressBar:
+    """``done/total images, images/s, ETA`` on one stderr line (a line every 5 s when not a TTY)."""
+
+    def __init__(self, total: int, stream: IO[str] | None = None, *, enabled: bool = True) -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self._last = 0.0
+        self._interval = 0.2 if self.tty else 5.0
+
+    def update(self, done: int, embedded: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self._interval):
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        eta_s = "--:--" if eta == float("inf") else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+        width = 24
+        filled = int(width * done / self.total) if self.total else width
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} images  "
+                f"{embedded / elapsed:.1f} img/s embedded  ETA {eta_s}")
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def close(self, done: int, embedded: int) -> None:
+        self.update(done, embedded, force=True)
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class _Prepared:
+    path: Path
+    status: str  # "new", "known", "duplicate", "skip"
+    sha256: str = ""
+    pixels: NDArray[np.float32] | None = None
+    reason: str = ""
+
+
+class _Preparer:
+    """Reads, hashes and decodes one file in a worker thread."""
+
+    def __init__(self, index: Index, tower: Any) -> None:
+        # Keys present before this run, as a plain set: workers must not query the graph while
+        # the main thread adds to it; keys added during the run are tracked in `claimed`.
+        self.known = index.keys("image")
+        self.tower = tower
+        self.claimed: dict[int, Path] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, path: Path) -> _Prepared:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _Prepared(path, "skip", reason=f"unreadable ({exc.strerror or exc})")
+        if not data:
+            return _Prepared(path, "skip", reason="empty file")
+        key, digest = content_key(data)
+        if key in self.known:
+            return _Prepared(path, "known", digest)
+        with self.lock:
+            first = self.claimed.setdefault(key, path)
+        if first != path:
+            return _Prepared(path, "duplicate", digest, reason=f"same content as {first}")
+        try:
+            pixels = self.tower.preprocess_one(data)
+        except CrossmodalError as exc:
+            return _Prepared(path, "skip", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the build
+            return _Prepared(path, "skip", reason=f"decoder failed: {type(exc).__name__}: {exc}")
+        return _Prepared(path, "new", digest, pixels)
+
+
+def _run_tower(tower: Any, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    run = getattr(tower, "run_pixels", None) or tower.run
+    return np.asarray(run(pixels), dtype=np.float32)
+
+
+def _caption_lookup(captions: Mapping[str, list[str]] | None, folder: Path, path: Path) -> list[str]:
+    if not captions:
+        return []
+    rel = path.relative_to(folder).as_posix()
+    return list(captions.get(rel) or captions.get(path.name) or [])
+
+
+def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
+                  captions: Mapping[str, list[str]] | None = None, batch_size: int = 32, workers: int = 2,
+                  progress: bool = True, stream: IO[str] | None = None,
+                  compact_every: int = 4096) -> IngestReport:
+    """Embed every new image under ``folder`` into ``index`` and return a report.
+
+    ``batch_size`` images go through the model at once (the last batch may be smaller);
+    ``workers`` threads decode ahead. With ``captions`` (see :func:`read_captions`) each
+    new image's first caption is stored as its metadata and, when the encoder has a text
+    tower, every caption is embedded into the index's ``text`` tower (image -> text search).
+    The index journal makes every batch durable; the graph files are compacted when the
+    journal exceeds ``max(compact_every, len(index) // 4)`` vectors and at the end, so an
+    interrupted run loses at most the batch in flight.
+    """
+    if batch_size <= 0 or workers <= 0:
+        raise InputError(f"batch_size and workers must be positive, got {batch_size} and {workers}.")
+    if encoder.image is None:
+        raise InputError(f"bundle {encoder.bundle.name!r} was loaded without an image tower; load it with "
+                         "modality=None or 'image' to index images.")
+    index.check_encoder(encoder)
+    folder = Path(folder)
+    t0 = time.monotonic()
+    files, skipped = walk_images(folder)
+    report = IngestReport(folder=str(folder), found=len(files), skipped=skipped)
+    bar = ProgressBar(len(files), stream, enabled=progress)
+    preparer = _Preparer(index, encoder.image)
+    embed_text = bool(captions) and getattr(encoder, "text", None) is not None
+    batch: list[_Prepared] = []
+    since_compact = 0
+    done = 0
+
+    text_rows: list[tuple[str, dict[str, Any]]] = []
+
+    def queue_captions(item: _Prepared, caps: list[str]) -> None:
+        # Captions are keyed by (image content, text): re-running adds only new ones, and a
+        # duplicate file's own captions are kept under its own path.
+        if embed_text:
+            for c in caps:
+                sha = hashlib.sha256(f"{item.sha256}\n{c}".encode("utf-8")).hexdigest()
+                text_rows.append((c, {"path": str(item.path), "caption": c, "sha256": sha}))
+
+    def flush() -> None:
+        nonlocal since_compact
+        if batch:
+            vecs = _run_tower(encoder.image, np.stack([b.pixels for b in batch]))  # type: ignore[misc]
+            metas = []
+            for b in batch:
+                caps = _caption_lookup(captions, folder, b.path)
+                metas.append({"path": str(b.path), "caption": caps[0] if caps else None, "sha256": b.sha256})
+            report.added += len(index.add(vecs, metas))
+            for b in batch:
+                # The file at this path changed: its old content is no longer in the folder.
+                new_key = key_from_sha256(b.sha256)
+                stale = [k for k in index.find_path(b.path) if k != new_key]
+                if stale:
+                    index.remove(stale)
+                    index.remove(index.find_path(b.path, tower="text"), tower="text")
+                    report.replaced += 1
+                queue_captions(b, _caption_lookup(captions, folder, b.path))
+            since_compact += len(batch)
+            batch.clear()
+        if text_rows:
+            tvecs = encoder.encode_text([t for t, _ in text_rows])
+            report.captions_added += len(index.add(tvecs, [m for _, m in text_rows], tower="text"))
+            since_compact += len(text_rows)
+            text_rows.clear()
+        if since_compact >= max(compact_every, len(index) // 4):
+            index.save()
+            since_compact = 0
+
+    window = 2 * batch_size + workers  # enough queued work for the pool to decode the next batch meanwhile
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="crossmodal-decode")
+    pending: deque[Future[_Prepared]] = deque()
+    todo = iter(files)
+    try:
+        for path in todo:
+            pending.append(pool.submit(preparer, path))
+            if len(pending) >= window:
+                break
+        while pending:
+            item = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(preparer, nxt))
+            done += 1
+            if item.status == "new":
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush()
+            elif item.status in ("known", "duplicate"):
+                if item.status == "known":
+                    report.already_indexed += 1
+                else:
+                    report.duplicates += 1
+                queue_captions(item, _caption_lookup(captions, folder, item.path))
+                if len(text_rows) >= batch_size:
+                    flush()
+            else:
+                report.skipped.append(SkippedFile(str(item.path), item.reason))
+            bar.update(done, report.added + len(batch))
+        flush()
+        index.save()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        report.seconds = time.monotonic() - t0
+        bar.close(done, report.added)
+    return report
+
+
+__all__ = ["IngestReport", "SkippedFile", "ProgressBar", "walk_images", "read_captions", "ingest_folder",
+           "IMAGE_EXTENSIONS"]

@@ -1,0 +1,213 @@
+"""Folder ingestion: walking, skip report, dedup by content, captions, pipelining, progress, kill + resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossmodal.errors import IncompatibleTowersError, InputError
+from crossmodal.index import Index
+from crossmodal.ingest import ProgressBar, ingest_folder, read_captions, walk_images
+from helpers.datasets import colour_image, make_image_folder
+from helpers.fake_encoder import FakeEncoder
+
+DIM = 32
+
+
+@pytest.fixture()
+def folder(tmp_path: Path):
+    return make_image_folder(tmp_path / "photos")
+
+
+def new_index(tmp_path: Path, enc: FakeEncoder, root: Path) -> Index:
+    return Index.create(tmp_path / "idx", bundle=enc.bundle, root=root)
+
+
+def test_walk_reports_everything_it_passes_over(folder) -> None:
+    files, skipped = walk_images(folder.root)
+    assert sorted(files) == sorted(folder.good + folder.corrupt + folder.duplicates)
+    reasons = {Path(s.path): s.reason for s in skipped}
+    assert set(reasons) == set(folder.not_images) | {folder.root / "copies" / "loop"}
+    assert "already visited" in reasons[folder.root / "copies" / "loop"]
+    assert reasons[folder.root / "notes.txt"] == "not an image file (extension '.txt')"
+    os.symlink(folder.root / "missing.png", folder.root / "dangling.png")
+    _, skipped = walk_images(folder.root)
+    assert {Path(s.path): s.reason for s in skipped}[folder.root / "dangling.png"] == "broken symbolic link"
+    with pytest.raises(InputError, match="not a directory"):
+        walk_images(folder.root / "notes.txt")
+
+
+def test_ingest_indexes_good_files_and_reports_the_rest(tmp_path: Path, folder) -> None:
+    enc = FakeEncoder(DIM)
+    idx = new_index(tmp_path, enc, folder.root)
+    report = ingest_folder(idx, enc, folder.root, batch_size=5, progress=False)
+    assert report.found == 16 + 3 + 1
+    assert report.added == 16 and len(idx) == 16 and report.duplicates == 1
+    skipped = {Path(s.path): s.reason for s in report.skipped}
+    assert set(skipped) == set(folder.corrupt) | set(folder.not_images) | {folder.root / "copies" / "loop"}
+    assert skipped[folder.root / "bad" / "empty.jpg"] == "empty file"
+    assert all(skipped[p] for p in folder.corrupt)  # each with a reason
+    summary = report.summary()
+    for p in folder.corrupt + folder.not_images:
+        assert str(p) in summary
+    assert "16 embedded" in summary and "1 duplicate" in summary
+    assert enc.image.embedded == 16  # type: ignore[union-attr]
+
+    # text -> image and image -> image are meaningful with the fake encoder's colour vectors
+    top = idx.search_text(enc, "red", 4)
+    assert {folder.colour_of[Path(h.path)] for h in top} == {"red"}
+    probe = np.asarray(colour_image("blue", "flat", seed=123))
+    assert {folder.colour_of[Path(h.path)] for h in idx.search_image(enc, probe, 4)} == {"blue"}
+
+    # a second run hashes but never decodes or embeds again
+    enc2 = FakeEncoder(DIM)
+    again = ingest_folder(idx, enc2, folder.root, progress=False)
+    assert again.added == 0 and again.already_indexed == 17 and enc2.image.embedded == 0  # type: ignore[union-attr]
+    # a new file is picked up; a file whose content changed is embedded under its new content
+    colour_image("purple", "flat").save(folder.root / "flat" / "new.png")
+    colour_image("white", "flat").save(folder.root / "flat" / "green_flat.png")
+    third = ingest_folder(idx, FakeEncoder(DIM), folder.root, progress=False)
+    assert third.added == 2 and third.replaced == 1 and len(idx) == 17  # the old green_flat content is gone
+    assert [h.path for h in idx.search_text(enc, "white", 1)] == [str(folder.root / "flat" / "green_flat.png")]
+    assert str(folder.root / "flat" / "green_flat.png") not in [h.path for h in idx.search_text(enc, "green", 3)]
+    idx.close()
+    reopened = Index.open(tmp_path / "idx", read_only=True)
+    assert len(reopened) == 17 and reopened.journal_size() == 0  # compacted at the end
+
+
+def test_empty_folder_and_incompatible_index(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    enc = FakeEncoder(DIM)
+    idx = new_index(tmp_path, enc, tmp_path / "empty")
+    report = ingest_folder(idx, enc, tmp_path / "empty", progress=False)
+    assert (report.found, report.added, report.skipped) == (0, 0, [])
+    with pytest.raises(IncompatibleTowersError):
+        ingest_folder(idx, FakeEncoder(DIM, space="elsewhere"), tmp_path / "empty", progress=False)
+    with pytest.raises(InputError, match="image tower"):
+        ingest_folder(idx, FakeEncoder(DIM, with_image=False), tmp_path / "empty", progress=False)
+
+
+def test_captions_jsonl_and_csv(tmp_path: Path, folder) -> None:
+    jl = tmp_path / "caps.jsonl"
+    jl.write_text("\n".join(json.dumps(r) for r in [
+        {"image": "flat/green_flat.png", "caption": "a green thing"},
+        {"image": "flat/green_flat.png", "caption": "emerald"},
+        {"filename": "blue_square.jpg", "captions": ["a blue square", "navy"]},
+        {"path": "flat/red_flat.png", "text": "scarlet"},  # a duplicate of copies/same_as_first.png
+    ]) + "\n")
+    caps = read_captions(jl)
+    assert caps == {"flat/green_flat.png": ["a green thing", "emerald"], "blue_square.jpg": ["a blue square", "navy"],
+                    "flat/red_flat.png": ["scarlet"]}
+    csv_path = tmp_path / "caps.csv"
+    csv_path.write_text("image,caption\nflat/green_flat.png,a green thing\nflat/green_flat.png,emerald\n")
+    assert read_captions(csv_path) == {"flat/green_flat.png": ["a green thing", "emerald"]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "x.png"}\n')
+    with pytest.raises(InputError, match="record 1"):
+        read_captions(bad)
+    with pytest.raises(InputError, match=".jsonl or .csv"):
+        read_captions(tmp_path / "caps.txt")
+
+    enc = FakeEncoder(DIM)
+    idx = new_index(tmp_path, enc, folder.root)
+    report = ingest_folder(idx, enc, folder.root, captions=caps, progress=False)
+    assert report.captions_added == 5 and idx.count("text") == 5 and idx.count("image") == 16
+    green = idx.search_text(enc, "green", 4)
+    assert [h.caption for h in green if h.path.endswith("green_flat.png")] == ["a green thing"]
+    # image -> text: a green query image finds the green image's colour caption first
+    hits = idx.search_image(enc, np.asarray(colour_image("green", "flat", seed=5)), 5, tower="text")
+    assert hits[0].caption == "a green thing" and hits[0].path.endswith("flat/green_flat.png")
+    assert {h.caption for h in hits} == {"a green thing", "emerald", "a blue square", "navy", "scarlet"}
+    dup = [r for r in idx.items(tower="text") if r.caption == "scarlet"]
+    assert [r.path for r in dup] == [str(folder.root / "flat" / "red_flat.png")]
+    # rerunning with the same captions adds nothing
+    again = ingest_folder(idx, FakeEncoder(DIM), folder.root, captions=caps, progress=False)
+    assert (again.added, again.captions_added) == (0, 0)
+
+
+class SlowDecode(FakeEncoder):
+    """Decoding costs 40 ms per image and the model 200 ms per batch (sleeps: no CPU needed)."""
+
+    def __init__(self) -> None:
+        super().__init__(DIM, delay=0.2)
+        inner = self._image.preprocess_one
+
+        def slow(source):
+            time.sleep(0.04)
+            return inner(source)
+
+        self._image.preprocess_one = slow  # type: ignore[method-assign]
+
+
+def test_decoding_overlaps_the_model(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "p", colours=("red", "green", "blue", "yellow"), extras=False)
+    enc = SlowDecode()
+    idx = new_index(tmp_path, enc, folder.root)
+    t0 = time.monotonic()
+    report = ingest_folder(idx, enc, folder.root, batch_size=4, workers=2, progress=False)
+    wall = time.monotonic() - t0
+    assert report.added == 16 and enc._image.calls == 4  # fixed batch size: 4 batches of 4
+    serial = 16 * 0.04 + 4 * 0.2  # 1.44 s if decoding waited for the model
+    assert wall < 0.8 * serial, f"no overlap: {wall:.2f}s vs {serial:.2f}s serial"
+
+
+def test_progress_bar_format() -> None:
+    buf = io.StringIO()
+    bar = ProgressBar(10, buf)
+    bar.start -= 2.0  # 2 s elapsed
+    bar.update(4, 4, force=True)
+    line = buf.getvalue()
+    assert "4/10 images" in line and "2.0 img/s" in line and "ETA 00:03" in line and line.endswith("\n")
+    silent = io.StringIO()
+    ProgressBar(10, silent, enabled=False).close(10, 10)
+    assert silent.getvalue() == ""
+
+
+BUILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from crossmodal.index import Index
+    from crossmodal.ingest import ingest_folder
+    from helpers.fake_encoder import FakeEncoder
+    enc = FakeEncoder(32, delay=0.05)
+    run = enc._image.run_pixels
+    def noisy(px):
+        out = run(px)
+        print("BATCH", flush=True)
+        return out
+    enc._image.run_pixels = noisy
+    idx = Index.create(sys.argv[2], bundle=enc.bundle, root=sys.argv[1])
+    ingest_folder(idx, enc, sys.argv[1], batch_size=3, progress=False)
+    print("FINISHED", flush=True)
+""")
+
+
+def test_killed_build_resumes_without_reembedding(tmp_path: Path, folder) -> None:
+    helpers_dir = str(Path(__file__).resolve().parent)
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(folder.root), str(tmp_path / "idx"), helpers_dir],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert [proc.stdout.readline().strip() for _ in range(3)] == ["BATCH"] * 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    idx = Index.open(tmp_path / "idx")
+    before = len(idx)
+    assert 6 <= before < 16 and idx.journal_size() == before  # committed batches, never compacted
+    enc = FakeEncoder(DIM)
+    report = ingest_folder(idx, enc, folder.root, batch_size=3, progress=False)
+    # the duplicate pair counts once as embedded and once as known or duplicate
+    assert report.already_indexed + report.duplicates == before + 1 and report.added == 16 - before
+    assert enc.image.embedded == 16 - before  # type: ignore[union-attr]
+    assert len(idx) == 16 and len(list(idx.items())) == 16
