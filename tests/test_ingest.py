@@ -211,3 +211,85 @@ def test_killed_build_resumes_without_reembedding(tmp_path: Path, folder) -> Non
     assert report.already_indexed + report.duplicates == before + 1 and report.added == 16 - before
     assert enc.image.embedded == 16 - before  # type: ignore[union-attr]
     assert len(idx) == 16 and len(list(idx.items())) == 16
+
+
+# ---------------------------------------------------------------- CLI (encoder substituted)
+
+
+@pytest.fixture()
+def fake_loader(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    import crossmodal.loader
+
+    calls: list[tuple] = []
+
+    def load(path, variant=None, modality=None, **kwargs):
+        calls.append((str(path), variant, modality))
+        return FakeEncoder(DIM)
+
+    monkeypatch.setattr(crossmodal.loader, "load", load)
+    return calls
+
+
+def test_cli_build_search_add(tmp_path: Path, folder, fake_loader, capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.cli import main
+
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(tmp_path / "bundle"), "--images", str(folder.root), "--out", str(out),
+                 "--batch-size", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["added"] == 16 and len(report["skipped"]) == 6
+    assert "img/s embedded" in captured.err and "ETA" in captured.err  # the progress bar went to stderr
+    assert fake_loader[-1] == (str(tmp_path / "bundle"), None, "image")
+
+    assert main(["search", str(out), "a red thing", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert {folder.colour_of[Path(h["path"])] for h in hits} == {"red"}
+    assert fake_loader[-1] == (str(tmp_path / "bundle"), "cpu-fp32", "text")  # bundle + variant recorded at build
+
+    query = folder.root / "circle" / "blue_circle.png"
+    assert main(["search", str(out), "--image", str(query), "-k", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()
+    assert first[0] == "1" and float(first[1]) == pytest.approx(1.0, abs=1e-4) and first[2] == str(query)
+
+    for bad in (["search", str(out), "red", "-k", "0"], ["search", str(out)],
+                ["search", str(out), "red", "--image", str(query)]):
+        assert main(bad) == 2
+    assert "positive integer" in capsys.readouterr().err
+
+    # rerunning build resumes and embeds nothing; add picks up a new sub-folder
+    assert main(["index", "build", "b", "--images", str(folder.root), "--out", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming" in captured.err and "0 embedded" in captured.out
+    (folder.root / "new").mkdir()
+    colour_image("orange", "circle").save(folder.root / "new" / "orange.png")
+    assert main(["index", "add", str(out), "--images", str(folder.root / "new"), "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 1
+    (tmp_path / "elsewhere").mkdir()
+    assert main(["index", "add", str(out), "--images", str(tmp_path / "elsewhere")]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert len(Index.open(out, read_only=True)) == 17
+
+
+def test_cli_refuses_empty_folder_and_searches_captions(tmp_path: Path, folder, fake_loader,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    assert main(["index", "build", "b", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 2
+    assert "no image files found" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+    caps = tmp_path / "caps.csv"
+    caps.write_text("filename,caption\nyellow_flat.png,a yellow field\ngreen_text.jpg,green letters\n")
+    assert main(["index", "build", "b", "--images", str(folder.root), "--captions", str(caps),
+                 "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert fake_loader[-1][2] is None  # both towers loaded to embed the captions
+    capsys.readouterr()
+    probe = tmp_path / "probe.png"
+    colour_image("yellow", "flat", seed=77).save(probe)
+    assert main(["search", str(tmp_path / "c"), "--image", str(probe), "--target", "text", "-k", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 2 and hits[0]["caption"] == "a yellow field"
+    assert hits[0]["path"] == str(folder.root / "flat" / "yellow_flat.png")
