@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from crossmodal.errors import ArtifactError
+from crossmodal.errors import ArtifactError, ParityError
 from crossmodal.manifest import ImagePreprocess, TextSettings
 
 from .albef_checkpoint import LoadReport, card_names, load_albef, logit_scale
@@ -216,6 +216,40 @@ def source_info(model_path: Path, config: str | Path, report: LoadReport, sha256
     return info
 
 
+def verify_token_states(bundle_dir: Path, specs: Sequence[TowerSpec], thresholds: Thresholds = Thresholds(),
+                        max_abs: float = 1e-3) -> dict[str, Any]:
+    """Check the second output (``token_states``) of the written fp32 towers against torch.
+
+    The shared pipeline gates each graph on its first output (the embedding);
+    the re-ranker consumes the second, so a graph rewrite that kept the
+    embedding but bent the token states would go unnoticed without this.
+    Hidden states are not unit vectors, hence a looser absolute bound than
+    the embedding's, with the same cosine bound.
+    """
+    from .measure import ort_outputs
+    from .onnx_export import run_torch
+    from .parity import compare, merge
+
+    results: dict[str, Any] = {}
+    for spec in specs:
+        if "token_states" not in spec.output_names:
+            continue
+        graph = Path(bundle_dir) / (spec.folder or spec.tower) / "cpu-fp32" / "model.onnx"
+        if not graph.is_file():
+            continue
+        idx = spec.output_names.index("token_states")
+        got = ort_outputs(graph, spec.parity_inputs)
+        ref = [run_torch(spec.module, feed, spec.input_names) for feed in spec.parity_inputs]
+        p = merge([compare(r[idx], g[idx]) for r, g in zip(ref, got)])
+        if p.min_cosine < thresholds.fp32_min_cosine or p.max_abs > max_abs:
+            raise ParityError(
+                f"{graph}: token_states differ from torch (min cosine {p.min_cosine:.6f}, max abs {p.max_abs:.2e}); "
+                "the re-ranker would be fed wrong states. Re-export with --no-optimize."
+            )
+        results[spec.tower] = p.to_dict()
+    return results
+
+
 def export_albef(
     model_path: str | Path,
     config: str | Path,
@@ -248,12 +282,15 @@ def export_albef(
     specs = build_specs(model, tokenizer, rerank=rerank, calib_dir=calib_dir)
     space = space or f"albef:{model_path.stem}:{sha[:12]}"
     out = Path(out)
-    return export_bundle(
+    bundle = export_bundle(
         out, name=name or out.name, family="albef", space=space, dim=model.config.embed_dim,
         logit_scale=logit_scale(model.config.temp), source=source_info(model_path, config, report, sha),
         specs=specs, targets=targets, thresholds=thresholds, int8_recipe=int8_recipe, optimize=optimize,
         progress=print,
     )
+    for tower, p in verify_token_states(bundle, specs, thresholds).items():
+        print(f"{tower}/cpu-fp32 token_states: min_cosine={p['min_cosine']:.6g}, max_abs={p['max_abs']:.3g}")
+    return bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -159,3 +159,17 @@ def test_export_at_another_resolution(tmp_path: Path, golden) -> None:
     feat, states = _session(out / "image" / "cpu-fp32").run(None, {"pixel_values": pixels})
     assert np.abs(feat - ref_feat.numpy()).max() <= 1e-5 and np.abs(states - ref_states.numpy()).max() <= 1e-4
     assert json.loads((out / "bundle.json").read_text())["source"]["checkpoint_image_res"] == 64
+
+
+def test_token_state_check_catches_a_bent_second_output(bundle: Path) -> None:
+    """The pipeline gates on the embedding only; the exporter's own check guards the re-ranker's inputs."""
+    from crossmodal.errors import ParityError
+    from crossmodal.export.albef import build_specs, verify_token_states
+
+    model, _ = load_albef(TINY_CKPT, TINY_CONFIG)
+    specs = build_specs(model, build_tokenizer(_vocab()), rerank=False)
+    assert set(verify_token_states(bundle, specs)) == {"image", "text"}
+    with torch.no_grad():
+        model.image.ln_final.bias += 0.01  # the graph on disk no longer matches the module's token states
+    with pytest.raises(ParityError, match="token_states"):
+        verify_token_states(bundle, specs)
