@@ -91,12 +91,14 @@ def build_clip_tokenizer(vocab_json: Path, merges_txt: Path, max_length: int = C
     ``max_length`` (special tokens included), so an over-long text keeps ``eot``
     as its last id. Padding is left to the runtime.
     """
+    return _build(read_vocab(vocab_json), read_merges(merges_txt), max_length)
+
+
+def _build(vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int) -> "Tokenizer":
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     if max_length < 3:
         raise ValueError(f"max_length must leave room for sot, one token and eot, got {max_length}")
-    vocab = read_vocab(vocab_json)
-    merges = read_merges(merges_txt)
     bpe = models.BPE(
         vocab=vocab,
         merges=merges,
@@ -153,13 +155,39 @@ def find_clip_tokenizer_files(src_dir: Path) -> tuple[Path, Path]:
     )
 
 
+def vocab_and_merges_from_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE vocabulary and merges stored inside an HF ``tokenizer.json`` (nothing else of it is used)."""
+    try:
+        model = json.loads(Path(path).read_text(encoding="utf-8"))["model"]
+        vocab, raw_merges = model["vocab"], model["merges"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a BPE tokenizer.json ({exc!r}).") from exc
+    # tokenizers writes merges as "a b" strings (old) or [a, b] pairs (new).
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    if not isinstance(vocab, dict) or any(len(m) != 2 for m in merges):
+        raise ArtifactError(f"{path}: malformed BPE vocab/merges.")
+    missing = [t for t in (SOT_TOKEN, EOT_TOKEN) if t not in vocab]
+    if missing:
+        raise ArtifactError(f"{path}: missing CLIP special tokens {missing}; is this a CLIP tokenizer?")
+    return vocab, merges  # type: ignore[return-value]
+
+
 def clip_tokenizer_from_source(src_dir: Path, max_length: int = CLIP_CONTEXT_LENGTH) -> "Tokenizer":
     """Build the CLIP tokenizer from the vocabulary and merges of a source checkpoint directory.
 
-    An existing ``tokenizer.json`` in ``src_dir`` is deliberately ignored (see the
-    module docstring for what it would get wrong).
+    Only the vocabulary and merges are taken from the source: from vocab.json +
+    merges.txt, or, where a checkpoint ships only a ``tokenizer.json`` (newer
+    sentence-transformers saves), from that file's BPE model section. Its
+    normalizer/pre-tokenizer are deliberately ignored (see the module docstring
+    for what they would get wrong).
     """
-    vocab, merges = find_clip_tokenizer_files(src_dir)
+    try:
+        vocab, merges = find_clip_tokenizer_files(src_dir)
+    except ArtifactError:
+        tj = Path(src_dir) / "tokenizer.json"
+        if not tj.is_file():
+            raise
+        return _build(*vocab_and_merges_from_tokenizer_json(tj), max_length)
     return build_clip_tokenizer(vocab, merges, max_length=max_length)
 
 
