@@ -70,7 +70,17 @@ def load(
         model = tower_dir / manifest.model_file
         if not model.is_file():
             raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
-        session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+        if variant == "gpu-trt-fp16" and not providers:
+            # Engines run on TensorRT's own runtime (see crossmodal.gpu), not through onnxruntime.
+            from .gpu import open_trt_session
+
+            session = open_trt_session(tower_dir, manifest, allow_cpu_fallback=allow_cpu_fallback, threads=threads)
+        else:
+            session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+            if variant == "gpu-fp16":
+                from .gpu import wrap_session
+
+                session = wrap_session(session, variant)  # IO binding when CUDA really runs it
         cls = ImageTower if name == "image" else TextTower
         towers[name] = cls(tower_dir, manifest, session)
     return Encoder(bundle, variant, towers.get("image"), towers.get("text"))  # type: ignore[arg-type]
