@@ -45,6 +45,7 @@ import json
 import os
 import posixpath
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -229,9 +230,23 @@ class _FileLock:
 # --------------------------------------------------------------------------- usearch
 
 
+def _usearch_index_class() -> type:
+    # Load order matters: with usearch 2.26 and onnxruntime 1.32 wheels, importing onnxruntime
+    # *after* usearch's compiled module segfaults the process (usearch links libstdc++
+    # statically). Importing onnxruntime first, when it is installed, is safe in either use.
+    if "usearch.compiled" not in sys.modules and "onnxruntime" not in sys.modules:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            pass
+    from usearch.index import Index as UIndex
+
+    return UIndex
+
+
 def _new_graph(dim: int, metric: str, dtype: str, connectivity: int, expansion_add: int,
                expansion_search: int) -> "_UIndex":
-    from usearch.index import Index as UIndex
+    UIndex = _usearch_index_class()
 
     return UIndex(ndim=dim, metric=metric, dtype=dtype, connectivity=connectivity,
                   expansion_add=expansion_add, expansion_search=expansion_search)

@@ -138,3 +138,24 @@ def test_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     assert (out["n_images"], out["n_texts"]) == (6, 12)
     assert main(["eval", str(tmp_path / "bundle"), "--dataset", "coco", "--root", str(tmp_path / "data")]) == 2
     assert "dataset_coco.json not found" in capsys.readouterr().err
+
+
+def test_eval_command_with_the_tiny_clip_bundle(tiny_clip_bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import crossmodal
+
+    make_karpathy_dataset(tmp_path, name="coco", n_test=8, n_train=1, captions_per_image=3)
+    proc = subprocess.run([sys.executable, "-m", "crossmodal.cli", "eval", str(tiny_clip_bundle), "--dataset", "coco",
+                           "--root", str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    split = load_karpathy(tmp_path, "coco")
+    enc = crossmodal.load(tiny_clip_bundle)
+    want = evaluate_embeddings(enc.encode_image([str(p) for p in split.image_paths]),
+                               enc.encode_text(list(split.captions)), split.text_to_image).to_dict()
+    assert (got["n_images"], got["n_texts"], got["bundle"]) == (8, 24, enc.bundle.name)
+    for direction in ("text_to_image", "image_to_text"):
+        for key in ("R@1", "R@5", "R@10", "mean_rank", "median_rank"):
+            assert got[direction][key] == pytest.approx(want[direction][key], abs=0.01)

@@ -293,3 +293,71 @@ def test_cli_refuses_empty_folder_and_searches_captions(tmp_path: Path, folder, 
     hits = json.loads(capsys.readouterr().out)["results"]
     assert len(hits) == 2 and hits[0]["caption"] == "a yellow field"
     assert hits[0]["path"] == str(folder.root / "flat" / "yellow_flat.png")
+
+
+# ---------------------------------------------------------------- end to end with the real tiny CLIP bundle
+
+SLOW_CLI = textwrap.dedent("""
+    import sys, time
+    import crossmodal.loader as loader
+    real_load = loader.load
+    def slow_load(*args, **kwargs):
+        enc = real_load(*args, **kwargs)
+        run = enc.image.run_pixels
+        def slow(pixels):
+            out = run(pixels)
+            print("BATCH", flush=True)
+            time.sleep(0.3)
+            return out
+        enc.image.run_pixels = slow
+        return enc
+    loader.load = slow_load
+    from crossmodal.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossmodal.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_end_to_end_build_kill_resume_search(tiny_clip_bundle: Path, tmp_path: Path, folder) -> None:
+    import crossmodal
+
+    out = tmp_path / "idx"
+    build = ["index", "build", str(tiny_clip_bundle), "--images", str(folder.root), "--out", str(out),
+             "--batch-size", "2", "--no-progress", "--json"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *build], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert [proc.stdout.readline().strip() for _ in range(3)] == ["BATCH"] * 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    with Index.open(out, read_only=True) as partial:
+        before = len(partial)
+    assert 4 <= before < 16
+
+    done = _cli(*build)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["added"] == 16 - before  # nothing embedded twice
+    assert report["already_indexed"] + report["duplicates"] == before + 1
+    assert {Path(s["path"]) for s in report["skipped"]} == (set(folder.corrupt) | set(folder.not_images)
+                                                           | {folder.root / "copies" / "loop"})
+
+    # search results agree with a brute-force scan of the same encoder's vectors
+    enc = crossmodal.load(tiny_clip_bundle)
+    paths = sorted(str(p) for p in folder.good if p != folder.good[0]) + [str(folder.duplicates[0])]
+    vecs = enc.encode_image(paths)
+    q = enc.encode_text(["a red square"])[0]
+    truth = [paths[i] for i in np.argsort(-(vecs @ q))[:5]]
+    res = _cli("search", str(out), "a red square", "-k", "5", "--json")
+    assert res.returncode == 0, res.stderr
+    hits = json.loads(res.stdout)["results"]
+    assert [h["path"] for h in hits] == truth
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(vecs @ q)[::-1][:5], atol=1e-4)
+    img = _cli("search", str(out), "--image", str(folder.good[5]), "-k", "1", "--json")
+    top = json.loads(img.stdout)["results"][0]
+    assert top["path"] == str(folder.good[5]) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    with Index.open(out, read_only=True) as idx:
+        assert len(idx) == 16 and idx.journal_size() == 0 and idx.bundle == enc.bundle.name
