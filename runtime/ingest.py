@@ -287,7 +287,8 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
         raise InputError(f"bundle {encoder.bundle.name!r} was loaded without an image tower; load it with "
                          "modality=None or 'image' to index images.")
     index.check_encoder(encoder)
-    folder = Path(folder)
+    # Absolute paths: the index stores them relative to its own root, not to the cwd.
+    folder = Path(os.path.abspath(folder))
     t0 = time.monotonic()
     files, skipped = walk_images(folder)
     report = IngestReport(folder=str(folder), found=len(files), skipped=skipped)

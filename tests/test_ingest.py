@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -83,6 +84,17 @@ def test_ingest_indexes_good_files_and_reports_the_rest(tmp_path: Path, folder) 
     idx.close()
     reopened = Index.open(tmp_path / "idx", read_only=True)
     assert len(reopened) == 17 and reopened.journal_size() == 0  # compacted at the end
+
+
+def test_relative_folder_is_stored_relative_to_the_index_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_image_folder(tmp_path / "photos", colours=("red",), kinds=("flat",), extras=False)
+    monkeypatch.chdir(tmp_path)
+    enc = FakeEncoder(DIM)
+    idx = Index.create("idx", bundle=enc.bundle, root="photos")
+    assert ingest_folder(idx, enc, "photos", progress=False).added == 1
+    assert [r.path for r in idx.items()] == [str(tmp_path / "photos" / "flat" / "red_flat.png")]
+    with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as conn:
+        assert conn.execute("SELECT path FROM items").fetchall() == [("flat/red_flat.png",)]
 
 
 def test_empty_folder_and_incompatible_index(tmp_path: Path) -> None:
