@@ -1,0 +1,221 @@
+"""Result files of one run: ``results.json``, ``results.md`` and PNG plots.
+
+Every latency in the markdown table sits next to its fidelity figure (min
+cosine to PyTorch fp32 on the very inputs that were timed): a fast but wrong
+variant cannot hide.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from .scenarios import INT8_PEAK_GOPS, TORCH_BF16, TORCH_FP32
+
+SCENARIO_TITLES = {
+    "a": "(a) Towers alone (prepared inputs)",
+    "b": "(b) Images end to end from JPEG files (decode + preprocess + encode)",
+    "c": "(c) Text query end to end (tokenise + encode + top-10 HNSW search)",
+    "d": "(d) Cold start: fresh process, import + load both towers + first text and image embedding",
+    "e": "(e) Peak RSS per process (both towers loaded, after a batch of 16 images + 16 texts)",
+    "f": "(f) Installed size",
+    "g": "(g) int8 fidelity on trained weights",
+}
+
+
+def _f(x: Any, fmt: str = "{:.3g}") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return fmt.format(x)
+    return str(x)
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _fid(row: dict[str, Any]) -> str:
+    fid = row.get("fidelity")
+    if row["engine"] == TORCH_FP32:
+        return "reference"
+    if not fid:
+        return "-"
+    return f"{fid['min_cos']:.5f} / {fid['mean_cos']:.5f}"
+
+
+def _x(row: dict[str, Any], base: str) -> str:
+    v = row.get(f"x_{base.replace('-', '_')}")
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The run as markdown tables, one per scenario."""
+    env = result["environment"]
+    cpu = env["cpu"]
+    lines = [
+        f"# crossmodal benchmark: {result['model']['description']}",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {cpu['model']}, {cpu['logical_cores']} logical cores, flags {', '.join(cpu['flags'])}; "
+        f"{env['threads']} threads per engine; {result['settings']['processes']} fresh processes per engine, alternating; "
+        f"onnxruntime {env['packages'].get('onnxruntime')}, torch {env['packages'].get('torch')}, "
+        f"transformers {env['packages'].get('transformers')}.  ",
+        f"Run: {result['started']} UTC, {result['elapsed_s']:.0f} s, load average at start {env.get('load_average_at_start')}.",
+        "",
+    ]
+    if result["model"]["random_weights"]:
+        lines += ["Random weights: latencies are those of the full-size architecture; fidelity on random weights is "
+                  "optimistic (about 10x less int8 error than trained weights), see (g) for trained weights.", ""]
+    lines += ["Fidelity = min / mean cosine of each embedding to the PyTorch fp32 embedding of the same input "
+              "(the inputs that were timed). Latency = median over processes of the per-process median.", ""]
+    rows = result["rows"]
+    for sc in "abcdefg":
+        part = [r for r in rows if r["scenario"] == sc]
+        if not part:
+            continue
+        lines += [f"## {SCENARIO_TITLES[sc]}", ""]
+        if sc in "ac":
+            lines += ["| case | engine | p50 ms | p95 ms | p99 ms | items/s | vs torch fp32 | vs torch bf16 | fidelity min / mean cos |"
+                      + (" top-10 same as torch | HNSW recall@10 |" if sc == "c" else ""),
+                      "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if sc == "c" else "")]
+            for r in part:
+                label = _case_label(r)
+                extra = (f" {_f(r.get('top10_overlap_vs_torch_fp32'), '{:.3f}')} | {_f(r.get('hnsw_recall_at_10'), '{:.3f}')} |"
+                         if sc == "c" else "")
+                lines.append(f"| {label} | {r['engine']} | {_ms(r.get('p50_ms'))} | {_ms(r.get('p95_ms'))} | "
+                             f"{_ms(r.get('p99_ms'))} | {_f(r.get('items_per_s'), '{:.1f}')} | {_x(r, TORCH_FP32)} | "
+                             f"{_x(r, TORCH_BF16)} | {_fid(r)} |{extra}")
+        elif sc == "b":
+            lines += ["| case | engine | images/s | p50 ms per pass | vs PyTorch pipeline | fidelity min / mean cos |",
+                      "|---|---|---:|---:|---:|---|"]
+            for r in part:
+                lines.append(f"| {r['images']} x {r.get('photo_size', '')}, batch {r['batch']} | {r['engine']} | "
+                             f"{_f(r.get('items_per_s'), '{:.2f}')} | {_ms(r.get('p50_ms'))} | {_x(r, TORCH_FP32)} | {_fid(r)} |")
+        elif sc == "d":
+            lines += ["| engine | first embedding (s) | per process (s) | speedup | fidelity min / mean cos |", "|---|---:|---|---:|---|"]
+            for r in part:
+                lines.append(f"| {r['engine']} | {r['first_embedding_s']:.2f} | {r['per_process_s']} | {_x(r, TORCH_FP32)} | {_fid(r)} |")
+        elif sc == "e":
+            lines += ["| engine | peak RSS MB | at first embedding MB | torch / this |", "|---|---:|---:|---:|"]
+            for r in part:
+                lines.append(f"| {r['engine']} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb_first_embedding']:.0f} | {_x(r, TORCH_FP32)} |")
+        elif sc == "f":
+            lines += ["| stack | installed MB | largest distributions |", "|---|---:|---|"]
+            for r in part:
+                top = ", ".join(f"{k} {v:.0f}" for k, v in list(r["detail"]["distributions"].items())[:5])
+                lines.append(f"| {r['engine']} | {r['size_mb']:.0f} | {top} |")
+        elif sc == "g":
+            lines += ["| model | variant | recipe | min cos | mean cos | top-1 neighbour agreement | captions | batch-1 p50 ms |",
+                      "|---|---|---|---:|---:|---:|---:|---:|"]
+            for r in part:
+                lines.append(f"| {r['model']} | {r['engine']} | {r.get('recipe', '-')} | {_f(r.get('min_cos'), '{:.5f}')} | "
+                             f"{_f(r.get('mean_cos'), '{:.5f}')} | {_f(r.get('top1_agreement'), '{:.3f}')} | {r.get('captions')} | "
+                             f"{_ms(r.get('p50_ms'))} |")
+        lines.append("")
+    if result.get("targets"):
+        lines += ["## Targets (issue 7)", "", "| target | measured | met |", "|---|---|---|"]
+        for t in result["targets"]:
+            lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else '-'} |")
+        lines.append("")
+    if result.get("bundle_int8"):
+        lines += ["## int8 recipes chosen at export (from the manifests)", ""]
+        for tower, q in result["bundle_int8"].items():
+            lines.append(f"- {tower}: `{q.get('recipe')}`, export-time trials: " +
+                         "; ".join(f"{t.get('recipe')} {t.get('ms', '-')} ms min cos {_f(t.get('min_cosine'), '{:.5f}')}"
+                                   + (f" (rejected: {t['rejected']})" if t.get("rejected") else "") for t in q.get("trials", [])))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _case_label(r: dict[str, Any]) -> str:
+    if r["scenario"] == "c":
+        return f"N = {r['n']:,}"
+    if r.get("tower") == "text":
+        return f"text, batch {r['batch']}, {r.get('tokens')} tokens"
+    return f"{r.get('tower', '')}, batch {r.get('batch')}"
+
+
+def plots(result: dict[str, Any], out: Path) -> list[Path]:
+    """latency_vs_batch.png (per tower, per engine) and speedup.png (bars vs both PyTorch baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = [r for r in result["rows"] if r["scenario"] == "a" and r.get("p50_ms")]
+    if rows:
+        towers = [t for t in ("image", "text") if any(r["tower"] == t for r in rows)]
+        fig, axes = plt.subplots(1, len(towers), figsize=(5.5 * len(towers), 4), squeeze=False)
+        for ax, tower in zip(axes[0], towers):
+            for engine in dict.fromkeys(r["engine"] for r in rows):
+                pts = sorted((r["batch"], r["p50_ms"] / r["batch"]) for r in rows if r["tower"] == tower and r["engine"] == engine)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=engine)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("ms per item (p50)")
+            ax.set_title(f"CLIP {tower} tower, {result['environment']['threads']} threads")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out / "latency_vs_batch.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+    bars = speedup_rows(result)
+    if bars:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bars) + 2), 4.2))
+        width = 0.38
+        xs = list(range(len(bars)))
+        for k, (base, color) in enumerate(((TORCH_FP32, "#888888"), (TORCH_BF16, "#4477aa"))):
+            vals = [b.get(base) or 0 for b in bars]
+            rects = ax.bar([x + (k - 0.5) * width for x in xs], vals, width, label=f"vs PyTorch {base.split('-')[1]}", color=color)
+            ax.bar_label(rects, labels=[f"{v:.1f}x" if v else "" for v in vals], fontsize=7)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(xs, [b["label"] for b in bars], rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel("speedup (PyTorch p50 / crossmodal p50)")
+        ax.set_title("crossmodal cpu-int8 vs PyTorch, same run")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out / "speedup.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def speedup_rows(result: dict[str, Any], engine: str = "crossmodal-cpu-int8") -> list[dict[str, Any]]:
+    out = []
+    for r in result["rows"]:
+        if r["engine"] != engine or r["scenario"] not in "abcd":
+            continue
+        label = {"a": _case_label(r), "b": "images e2e (JPEG)", "c": f"text query, N={r.get('n', 0):,}",
+                 "d": "cold start"}[r["scenario"]]
+        out.append({"label": label, TORCH_FP32: r.get("x_torch_fp32"), TORCH_BF16: r.get("x_torch_bf16")})
+    return out
+
+
+def write(result: dict[str, Any], out: Path, *, make_plots: bool = True) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(paths["json"])
+    paths["markdown"].write_text(markdown(result))
+    if make_plots:
+        for p in plots(result, out):
+            paths[p.stem] = p
+    return paths
+
+
+def int8_floor_ms(flops_per_image: float | None, batch: int) -> float | None:
+    return None if not flops_per_image else flops_per_image * batch / (INT8_PEAK_GOPS * 1e9) * 1e3
+
+
+__all__ = ["markdown", "plots", "write", "speedup_rows", "int8_floor_ms", "Sequence"]

@@ -1,0 +1,78 @@
+"""The targets of issue 7, checked against one run's rows (ratios within the same run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .scenarios import INT8_PEAK_GOPS
+
+INT8 = "crossmodal-cpu-int8"
+
+
+def _rows(result: dict[str, Any], scenario: str, engine: str | None = None) -> list[dict[str, Any]]:
+    return [r for r in result["rows"] if r["scenario"] == scenario and (engine is None or r["engine"] == engine)]
+
+
+def _fid(r: dict[str, Any]) -> str:
+    f = r.get("fidelity")
+    return f", min cos {f['min_cos']:.4f}" if f else ""
+
+
+def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per target that this run measured: what it asks, what was measured, met or not."""
+    out: list[dict[str, Any]] = []
+    quick = result.get("settings", {}).get("quick")
+
+    img = [r for r in _rows(result, "a", INT8) if r.get("tower") == "image" and r.get("p50_ms")]
+    if img:
+        best = min(img, key=lambda r: r["p50_ms"] / r["batch"])
+        per16 = best["p50_ms"] / best["batch"] * 16
+        flops = result.get("model", {}).get("image_flops")
+        floor16 = flops * 16 / (INT8_PEAK_GOPS * 1e9) * 1e3 if flops else None
+        xf, xb = best.get("x_torch_fp32") or 0, best.get("x_torch_bf16") or 0
+        measured = (f"{per16:.0f} ms per 16 images at batch {best['batch']} (floor {floor16:.0f} ms -> "
+                    f"{per16 / floor16:.2f}x floor); {xf:.2f}x torch fp32, {xb:.2f}x torch bf16{_fid(best)}"
+                    if floor16 else f"{per16:.1f} ms per 16 images")
+        out.append({"target": "CLIP image int8, best batch: <= 1.3x int8 floor, >= 8x torch fp32, >= 2.5x torch bf16",
+                    "measured": measured,
+                    "met": bool(floor16 and per16 <= 1.3 * floor16 and xf >= 8 and xb >= 2.5)})
+    txt = [r for r in _rows(result, "a", INT8) if r.get("tower") == "text" and r.get("batch") == 1]
+    for r in txt:
+        xb = r.get("x_torch_bf16") or 0
+        out.append({"target": "CLIP text int8, batch 1, ~12 tokens: p50 <= 1.5 ms and >= 7x torch bf16",
+                    "measured": f"{r['p50_ms']:.2f} ms at {r.get('tokens')} tokens; {xb:.2f}x torch bf16, "
+                                f"{(r.get('x_torch_fp32') or 0):.2f}x torch fp32{_fid(r)}",
+                    "met": r["p50_ms"] <= 1.5 and xb >= 7})
+    for r in _rows(result, "b", INT8):
+        x = r.get("x_torch_fp32") or 0
+        out.append({"target": "images end to end from JPEG: >= 6x the PyTorch pipeline (images/s)",
+                    "measured": f"{r['items_per_s']:.1f} images/s, {x:.2f}x{_fid(r)}", "met": x >= 6})
+    q = [r for r in _rows(result, "c", INT8) if r.get("p50_ms")]
+    if q:
+        r = max(q, key=lambda r: r["n"])
+        out.append({"target": "text query end to end (tokenise + encode + top-10 over 1M): p50 <= 3 ms",
+                    "measured": f"{r['p50_ms']:.2f} ms over {r['n']:,} vectors (recall@10 {r.get('hnsw_recall_at_10') or 0:.3f}), "
+                                f"{(r.get('x_torch_fp32') or 0):.2f}x torch fp32{_fid(r)}",
+                    "met": r["p50_ms"] <= 3.0 and r["n"] >= 1_000_000})
+    for r in _rows(result, "d", INT8):
+        x = r.get("x_torch_fp32") or 0
+        out.append({"target": "cold start to first embedding <= 1/4 of transformers",
+                    "measured": f"{r['first_embedding_s']:.2f} s, 1/{x:.1f} of transformers{_fid(r)}", "met": x >= 4})
+    for r in _rows(result, "e", INT8):
+        x = r.get("x_torch_fp32") or 0
+        out.append({"target": "peak RSS of int8 runtime with both towers <= 1/3 of PyTorch",
+                    "measured": f"{r['peak_rss_mb']:.0f} MB, 1/{x:.1f} of PyTorch", "met": x >= 3})
+    for r in _rows(result, "g"):
+        if r["engine"] != "cpu-int8":
+            continue
+        out.append({"target": "int8 fidelity on trained all-MiniLM-L6-v2: min cos >= 0.995, top-1 agreement >= 98%",
+                    "measured": f"min cos {r['min_cos']:.5f}, mean {r['mean_cos']:.5f}, top-1 {100 * r['top1_agreement']:.1f}% "
+                                f"over {r['captions']} captions (recipe {r.get('recipe')}), batch-1 p50 {r.get('p50_ms') or 0:.2f} ms",
+                    "met": r["min_cos"] >= 0.995 and r["top1_agreement"] >= 0.98})
+    if quick:
+        for t in out:
+            t["met"] = None  # tiny models: the targets do not apply
+    return out
+
+
+__all__ = ["evaluate"]
