@@ -80,16 +80,17 @@ def _wordpiece_vocab() -> list[str]:
     return [t for t in vocab if not (t in seen or seen.add(t))]
 
 
-def _save_wordpiece_tokenizer(cls_name: str, out: Path, max_len: int) -> None:
+def write_wordpiece_tokenizer(cls_name: str, out: Path, max_len: int) -> Path:
+    """A cased multilingual WordPiece tokenizer (``BertTokenizer`` / ``DistilBertTokenizer``) saved by transformers."""
     import transformers
 
     out.mkdir(parents=True, exist_ok=True)
-    vocab_file = out / "vocab.txt"
-    vocab_file.write_text("\n".join(_wordpiece_vocab()) + "\n", encoding="utf-8")
+    vocab = _wordpiece_vocab()
     cls = getattr(transformers, cls_name)
     # Cased multilingual models: no lower-casing, accents kept (strip_accents None).
-    tok = cls(vocab_file=str(vocab_file), do_lower_case=False, model_max_length=max_len)
+    tok = cls(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False, model_max_length=max_len)
     tok.save_pretrained(str(out))
+    return out
 
 
 def write_tiny_st_mbert(out: Path, *, seed: int = 0, dim: int = TINY_DIM) -> Path:
@@ -103,8 +104,8 @@ def write_tiny_st_mbert(out: Path, *, seed: int = 0, dim: int = TINY_DIM) -> Pat
 
     torch.manual_seed(seed)
     hf = out.parent / f"{out.name}-hf"
-    _save_wordpiece_tokenizer("DistilBertTokenizer", hf, 512)
-    n_vocab = len((hf / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    write_wordpiece_tokenizer("DistilBertTokenizer", hf, 512)
+    n_vocab = len(_wordpiece_vocab())
     cfg = DistilBertConfig(vocab_size=n_vocab, dim=TINY_HIDDEN, hidden_dim=64, n_layers=2, n_heads=4,
                            max_position_embeddings=512, pad_token_id=0)
     model = DistilBertModel(cfg).eval()
@@ -134,6 +135,13 @@ def _unigram_vocab(size: int = 600) -> list[tuple[str, float]]:
     return [(str(p), float(s)) for p, s in vocab] + [("<mask>", 0.0)]
 
 
+def xlmr_tokenizer(max_len: int = TINY_MAX_SEQ) -> object:
+    """transformers' XLMRobertaTokenizer around a SentencePiece-Unigram vocabulary trained on :data:`CORPUS`."""
+    from transformers import XLMRobertaTokenizer
+
+    return XLMRobertaTokenizer(vocab=_unigram_vocab(), model_max_length=max_len)
+
+
 def write_tiny_mclip(out: Path, *, seed: int = 1, dim: int = TINY_DIM) -> Path:
     """An M-CLIP checkpoint saved by ``multilingual_clip.pt_multilingual_clip.MultilingualCLIP``.
 
@@ -143,11 +151,11 @@ def write_tiny_mclip(out: Path, *, seed: int = 1, dim: int = TINY_DIM) -> Path:
     import torch
     from multilingual_clip.Config_MCLIP import MCLIPConfig
     from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
-    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+    from transformers import XLMRobertaConfig, XLMRobertaModel
 
     torch.manual_seed(seed)
     base = out.parent / f"{out.name}-base"
-    tok = XLMRobertaTokenizer(vocab=_unigram_vocab(), model_max_length=TINY_MAX_SEQ)
+    tok = xlmr_tokenizer()
     cfg = XLMRobertaConfig(vocab_size=len(tok), hidden_size=TINY_HIDDEN, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, max_position_embeddings=TINY_MAX_SEQ + 2, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
@@ -190,8 +198,8 @@ def write_tiny_legacy_mbert(out: Path, *, seed: int = 2, dim: int = TINY_DIM) ->
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    _save_wordpiece_tokenizer("BertTokenizer", out, 512)
-    n_vocab = len((out / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    write_wordpiece_tokenizer("BertTokenizer", out, 512)
+    n_vocab = len(_wordpiece_vocab())
     cfg = BertConfig(vocab_size=n_vocab, hidden_size=TINY_HIDDEN, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0)
     model = BertModel(cfg).eval()
