@@ -40,6 +40,7 @@ sees the state of the moment it opened; results whose item was removed since are
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -412,6 +413,17 @@ class Index:
             raise
         return idx
 
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[None]:
+        # One connection shared by threads, and SQLite failures (a damaged page, a lock held
+        # past the timeout) surface as IndexStoreError naming the file, like every other store error.
+        with self._db_lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise IndexStoreError(f"{self._path / META_FILE}: {exc}. If it persists the metadata store is "
+                                      "damaged; rebuild the index with `crossmodal index build`.") from exc
+
     # ------------------------------------------------------------- properties
 
     @property
@@ -478,7 +490,7 @@ class Index:
         """Keys of ``tower`` items stored under ``path`` (one per content version ever indexed there)."""
         _check_setting("tower", tower, TOWERS)
         rel = self._rel_path(path)
-        with self._db_lock:
+        with self._db():
             rows = self._conn.execute("SELECT key FROM items WHERE tower = ? AND path = ?", (tower, rel)).fetchall()
         return [int(r[0]) for r in rows if self._graphs[tower].contains(int(r[0]))]
 
@@ -496,7 +508,7 @@ class Index:
     # ------------------------------------------------------------- loading
 
     def _load(self, *, repair: bool, verify: bool) -> None:
-        with self._db_lock:
+        with self._db():
             cur = self._conn.cursor()
             cur.execute("BEGIN")  # one snapshot of items + journal + state
             try:
@@ -699,7 +711,7 @@ class Index:
             new_idx.append(i)
         if not new_keys:
             return np.zeros(0, dtype=np.uint64)
-        with self._db_lock:
+        with self._db():
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -728,7 +740,7 @@ class Index:
         return len(present)
 
     def _delete_items(self, tower: str, keys: Sequence[int]) -> None:
-        with self._db_lock:
+        with self._db():
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany("DELETE FROM items WHERE tower = ? AND key = ?", [(tower, k) for k in keys])
@@ -750,7 +762,7 @@ class Index:
 
     def journal_size(self) -> int:
         """Vectors committed in the journal but not yet compacted into a graph file."""
-        with self._db_lock:
+        with self._db():
             return int(self._conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
 
     def save(self) -> None:
@@ -772,7 +784,7 @@ class Index:
                 written[tower] = tmp
             self._run_hook("save:tmp-written")
             generation = self.generation + 1
-            with self._db_lock:
+            with self._db():
                 try:
                     self._conn.execute("BEGIN IMMEDIATE")
                     self._conn.execute("DELETE FROM journal")
@@ -836,7 +848,7 @@ class Index:
         if tower is not None:
             sql += " WHERE tower = ?"
             args = (tower,)
-        with self._db_lock:
+        with self._db():
             rows = self._conn.execute(sql + " ORDER BY tower, key", args).fetchall()
         for row in rows:
             if row[0] in self._graphs and self._graphs[row[0]].contains(int(row[1])):
@@ -851,7 +863,7 @@ class Index:
 
     def _records(self, tower: str, keys: Sequence[int]) -> dict[int, ItemRecord]:
         out: dict[int, ItemRecord] = {}
-        with self._db_lock:
+        with self._db():
             for start in range(0, len(keys), 500):  # SQLite caps the number of parameters
                 chunk = list(keys[start:start + 500])
                 marks = ",".join("?" * len(chunk))
