@@ -28,10 +28,9 @@ def _cuda_present() -> bool:
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crossmodal.export.clip import export_clip
+    from helpers.gpu_bundle import tiny_gpu_bundle
 
-    out = tmp_path_factory.mktemp("fp16") / "tiny-clip"
-    return export_clip(str(tiny_clip_dir), out, "cpu-fp32,gpu-fp16", calib_dir=ROOT / "examples" / "images")
+    return tiny_gpu_bundle(tiny_clip_dir, tmp_path_factory)
 
 
 # ---------------------------------------------------------------- a hand-built graph: the conversion policy

@@ -48,10 +48,9 @@ def parse_config(path: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crossmodal.export.clip import export_clip
+    from helpers.gpu_bundle import tiny_gpu_bundle
 
-    out = tmp_path_factory.mktemp("triton") / "tiny clip"  # a space: model names must be sanitised
-    return export_clip(str(tiny_clip_dir), out, "cpu-int8,gpu-fp16", calib_dir=ROOT / "examples" / "images", optimize=False)
+    return tiny_gpu_bundle(tiny_clip_dir, tmp_path_factory)  # named "tiny clip": model names get sanitised
 
 
 def _graph_dims(value_info: Any) -> list[int]:
@@ -66,7 +65,10 @@ def _check_against_graph(cfg: Any, pb2: Any, graph: onnx.ModelProto) -> None:
             assert pb2.DataType.Name(t.data_type) == ONNX_TO_TRITON[v.type.tensor_type.elem_type]
             full = _graph_dims(v)
             assert full[0] == -1  # batch axis, dropped from dims because of max_batch_size
-            assert list(t.dims) == full[1:]
+            # A graph dim of -1 is unknown to ONNX (some int8 rewrites drop static output sizes); Triton
+            # accepts any config dim there, so the manifest's concrete size is the better declaration.
+            assert len(t.dims) == len(full) - 1
+            assert all(g in (-1, c) for c, g in zip(t.dims, full[1:])), (list(t.dims), full)
 
 
 @pytest.mark.parametrize("variant,kind", [("gpu-fp16", "KIND_GPU"), ("cpu-int8", "KIND_CPU")])
@@ -106,8 +108,8 @@ def test_cli_writes_repository_with_custom_batching(bundle: Path, tmp_path: Path
 def test_missing_variant_names_the_command(bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"crossmodal trt build .* --tower image --fp16"):
         export_triton(bundle, tmp_path / "repo", "gpu-trt-fp16")
-    with pytest.raises(ArtifactError, match="--targets cpu-fp32"):
-        export_triton(bundle, tmp_path / "repo", "cpu-fp32")
+    with pytest.raises(ArtifactError, match="no 'cuda-fp32'|cannot be served"):
+        export_triton(bundle, tmp_path / "repo", "cuda-fp32")
 
 
 def test_settings_are_validated() -> None:
