@@ -168,10 +168,13 @@ def export_tower(
         summary["cpu-fp32"] = opt.parity.to_dict()
 
     if "cpu-int8" in targets:
-        q = quantize_int8(opt.path, workdir, spec.tower, int8_recipe, reference, spec.parity_inputs,
+        # Quantise the unfused graph: the quantisers see every MatMul there (fused
+        # Attention ops hide the QKV weights and break their shape inference), and
+        # onnxruntime still fuses the int8 graph when it loads it.
+        q = quantize_int8(raw, workdir, spec.tower, int8_recipe, reference, spec.parity_inputs,
                           spec.calibration_inputs, _timing_feed(spec), thresholds.int8_min_cosine)
         fields = _manifest_fields(spec, variant="cpu-int8", precision="int8", parity=q.parity,
-                                  rewrites=opt.rewrites,
+                                  rewrites=[],
                                   quantization={"recipe": q.recipe, **q.settings, "trials": q.trials},
                                   thresholds={"min_cosine": thresholds.int8_min_cosine}, **common)
         artifact.write_tower(bundle_dir, folder, "cpu-int8", q.path, fields, tokenizer_json, case)
