@@ -261,3 +261,26 @@ def test_cli_export_mbert(mclip_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     assert main(["mbert", "--model", str(mclip_dir), "--out", str(out), "--targets", "cpu-fp32"]) == 0
     assert crossmodal.load(out).encode_text(["zwei Hunde im Schnee", "雪中的两只狗"]).shape == (2, TINY_DIM)
+
+
+_TORCH_FREE = """
+import sys, json
+for name in ("torch", "transformers", "sentence_transformers", "optimum"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+import crossmodal
+enc = crossmodal.load(sys.argv[1])
+emb = enc.encode_text(["zwei Hunde im Schnee", "雪中的两只狗"])
+print(json.dumps({"shape": list(emb.shape), "norms": [float(x) for x in (emb ** 2).sum(1)]}))
+"""
+
+
+def test_multilingual_bundle_encodes_without_torch(st_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TORCH_FREE, str(st_bundle)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [2, TINY_DIM]
+    np.testing.assert_allclose(out["norms"], 1.0, atol=1e-5)
