@@ -173,6 +173,8 @@ def build_specs(model: AlbefModel, tokenizer: Any, *, rerank: bool = True, calib
                    "special_tokens": "[CLS] prepended, no [SEP]", "pooling": "[CLS] -> text_proj -> L2"},
         ))
     if rerank:
+        if model.rerank is None:
+            raise ValueError("the model was loaded without its fusion layers (with_rerank=False); cannot export the re-ranker")
         specs.append(TowerSpec(
             tower="rerank", module=model.rerank, input_names=("text_states", "attention_mask", "image_states"),
             output_names=("itm_score",),
@@ -207,7 +209,8 @@ def _sha256(path: Path) -> str:
 
 def source_info(model_path: Path, config: str | Path, report: LoadReport, sha256: str) -> dict[str, Any]:
     """What bundle.json and every manifest record about the checkpoint."""
-    info: dict[str, Any] = {"model": str(model_path), "sha256": sha256, "config": str(config), **report.summary()}
+    info: dict[str, Any] = {"model": str(Path(model_path).resolve()), "file": Path(model_path).name, "sha256": sha256,
+                            "config": str(config), **report.summary()}
     if str(config) in card_names():
         from .albef_checkpoint import read_config_file
 

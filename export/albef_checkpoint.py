@@ -436,12 +436,12 @@ def load_albef(checkpoint: str | Path | Mapping[str, torch.Tensor], config: str 
     layout = detect_layout(sd, where)
     cfg, sources = build_config(raw, sd, layout, where, image_res=image_res)
     _check_ties(sd, layout, where)
-    device = next(iter(sd.values())).device
-    with torch.device(device):
-        model = AlbefModel.build(cfg)
+    # Every parameter is replaced by a checkpoint tensor below, so nothing is allocated or initialised here.
+    with torch.device("meta"):
+        model = AlbefModel.build(cfg, with_rerank=with_rerank)
 
-    towers = {"image": model.image, "text": model.text}
-    if with_rerank:
+    towers: dict[str, torch.nn.Module] = {"image": model.image, "text": model.text}
+    if model.rerank is not None:
         towers["rerank"] = model.rerank
     consumed: list[str] = []
     ckpt_res = checkpoint_image_res(sd, cfg.vision.patch_size)
@@ -462,6 +462,8 @@ def load_albef(checkpoint: str | Path | Mapping[str, torch.Tensor], config: str 
                 value = value[:, : param.shape[1]]
             if tuple(value.shape) != tuple(param.shape):
                 raise ArtifactError(f"{where}: {key} has shape {tuple(value.shape)}, the {tower} tower expects {tuple(param.shape)}.")
+            if value.is_floating_point() != param.is_floating_point():
+                raise ArtifactError(f"{where}: {key} has dtype {value.dtype}, the {tower} tower expects {param.dtype}.")
             new_state[name] = value.to(param.dtype)
             consumed.append(key)
         # load_state_dict only handles persistent buffers; position_ids is not one.

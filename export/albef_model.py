@@ -300,17 +300,21 @@ class AlbefModel:
     config: AlbefConfig
     image: AlbefImageTower
     text: AlbefTextTower
-    rerank: AlbefReranker
+    rerank: AlbefReranker | None
 
     @classmethod
-    def build(cls, config: AlbefConfig) -> "AlbefModel":
-        """Uninitialised modules of the right shapes (the loader fills every parameter)."""
+    def build(cls, config: AlbefConfig, *, with_rerank: bool = True) -> "AlbefModel":
+        """Modules of the right shapes with default-initialised weights (the loader replaces every one).
+
+        Build under ``torch.device("meta")`` to skip the initialisation cost.
+        """
         model = cls(
             config=config,
             image=AlbefImageTower(config.vision, config.embed_dim),
             text=AlbefTextTower(config.text, config.embed_dim),
-            rerank=AlbefReranker(config.text),
+            rerank=AlbefReranker(config.text) if with_rerank else None,
         )
         for m in (model.image, model.text, model.rerank):
-            m.eval().requires_grad_(False)
+            if m is not None:
+                m.eval().requires_grad_(False)
         return model
