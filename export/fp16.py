@@ -195,12 +195,13 @@ def _parity(reference: Sequence[Sequence[NDArray]], got: Sequence[Sequence[NDArr
     return merge([compare(np.asarray(r[output]), np.asarray(g[output], dtype=np.float32)) for r, g in zip(reference, got)])
 
 
-def _other_outputs(reference: Sequence[Sequence[NDArray]], got: Sequence[Sequence[NDArray]], output: int) -> dict[str, Any]:
+def _other_outputs(reference: Sequence[Sequence[NDArray]], got: Sequence[Sequence[NDArray]], output: int,
+                   names: Sequence[str]) -> dict[str, Any]:
     # Token-state outputs (ALBEF) are recorded, not thresholded: the embedding is the contract.
     extra: dict[str, Any] = {}
     for k in range(len(reference[0])):
         if k != output and np.issubdtype(np.asarray(reference[0][k]).dtype, np.floating):
-            extra[str(k)] = _parity(reference, got, k).to_dict()
+            extra[names[k] if k < len(names) else str(k)] = _parity(reference, got, k).to_dict()
     return extra
 
 
@@ -268,7 +269,10 @@ def convert_fp16(
             "the CPU; activations were not rounded): a lower bound on the error, not measured on a GPU"
         )
     parity = _parity(reference, got, output)
-    others = _other_outputs(reference, got, output)
+    import onnx
+
+    names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    others = _other_outputs(reference, got, output, names)
     if others:
         info["other_outputs_parity"] = others
     return path, parity, {"fp16": info}

