@@ -190,21 +190,35 @@ def build_engine(
     timing_cache: Path | None = None,
     workspace_gb: float = 4.0,
 ) -> bytes:
-    """Build a serialized engine from ``onnx_path`` with one optimisation profile; returns its bytes."""
+    """Build a serialized engine from ``onnx_path`` with one optimisation profile; returns its bytes.
+
+    fp16 engines are built from the gpu-fp16 graph as a *strongly typed*
+    network: TensorRT then keeps every tensor in the type the graph gives it,
+    so the fp32 islands of our precision policy (LayerNorm, softmax, the L2
+    tail) stay fp32, where the weakly typed ``BuilderFlag.FP16`` mode would be
+    free to run them in fp16. int8 needs the weakly typed mode (implicit
+    quantisation with a calibrator), which TensorRT 10 deprecates and 11 drops.
+    """
     from crossmodal.gpu import _tensorrt
 
     trt = _tensorrt()
+    if int8 and not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise ArtifactError(
+            f"TensorRT {trt.__version__} has no implicit int8 calibration; build fp16 engines (--fp16) instead"
+        )
+    strongly_typed = not int8
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ArtifactError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    if fp16 and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 engines: fp16 where a layer is not calibrated
     opt_profile = builder.create_optimization_profile()
     for name in profile["min"]:
         opt_profile.set_shape(name, profile["min"][name], profile["opt"][name], profile["max"][name])

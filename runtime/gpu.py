@@ -356,7 +356,7 @@ class TensorRTSession:
                 out = np.empty(shape, dtype=self._dtypes[name])
                 self._context.set_tensor_address(name, self._buffers[name].ensure(out.nbytes))
                 results[name] = out
-            if not self._context.execute_async_v3(self._stream):
+            if not self._context.execute_async_v3(int(self._stream)):  # TensorRT takes the raw handle
                 raise ArtifactError(f"TensorRT failed to run {self.path}")
             for name in wanted:
                 out = results[name]
