@@ -173,3 +173,15 @@ def test_token_state_check_catches_a_bent_second_output(bundle: Path) -> None:
         model.image.ln_final.bias += 0.01  # the graph on disk no longer matches the module's token states
     with pytest.raises(ParityError, match="token_states"):
         verify_token_states(bundle, specs)
+
+
+def test_vocab_resolution_errors(tmp_path: Path) -> None:
+    from crossmodal.errors import ArtifactError
+    from crossmodal.export.albef import resolve_vocab
+
+    assert resolve_vocab(_vocab()) == _vocab() and resolve_vocab(_vocab().parent) == _vocab()
+    with pytest.raises(ArtifactError, match="without vocab.txt"):
+        resolve_vocab(tmp_path)
+    (tmp_path / "vocab.txt").write_text("hello\nworld\n")
+    with pytest.raises(ArtifactError, match=r"not a BERT vocabulary \(no \[PAD\]"):
+        build_tokenizer(resolve_vocab(tmp_path))
