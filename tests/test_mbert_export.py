@@ -284,3 +284,37 @@ def test_multilingual_bundle_encodes_without_torch(st_bundle: Path) -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [2, TINY_DIM]
     np.testing.assert_allclose(out["norms"], 1.0, atol=1e-5)
+
+
+# ----------------------------------------------------------------- pooling and Dense configs other than the default
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "mean_sqrt_len_tokens"])
+def test_pooling_matches_sentence_transformers_pooling(mode: str) -> None:
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from crossmodal.export.mbert import pool
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 8, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    want = Pooling(8, pooling_mode=mode)({"token_embeddings": hidden, "attention_mask": mask})["sentence_embedding"]
+    torch.testing.assert_close(pool(hidden, mask, mode), want, rtol=0, atol=1e-6)
+
+
+def test_legacy_pooling_keys_and_tanh_dense_with_bias(tmp_path: Path) -> None:
+    from sentence_transformers.base.modules.dense import Dense
+
+    from crossmodal.export.mbert_sources import _pooling_mode, _read_dense
+
+    old_cfg = {"word_embedding_dimension": 8, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+               "pooling_mode_max_tokens": True, "pooling_mode_mean_sqrt_len_tokens": False}
+    assert _pooling_mode(old_cfg, tmp_path) == "max"
+    with pytest.raises(ArtifactError, match="not supported"):
+        _pooling_mode({"pooling_mode": ["mean", "max"]}, tmp_path)
+    torch.manual_seed(0)
+    dense = Dense(8, 4, bias=True, activation_function=torch.nn.Tanh())
+    dense.save(str(tmp_path))
+    layer = _read_dense(tmp_path)
+    assert layer.describe() == {"in": 8, "out": 4, "bias": True, "activation": "Tanh"}
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.activation(layer.linear(x)), dense({"sentence_embedding": x})["sentence_embedding"])
