@@ -6,7 +6,10 @@ writes three towers into one bundle:
 * ``image``: ``pixel_values`` -> ``embedding`` (L2-normalised, embed_dim) and
   ``token_states`` (the ViT's final-LayerNorm tokens, which the re-ranker
   attends to). One graph with two outputs: the token states are a by-product of
-  the embedding, so a second graph would run the whole ViT twice.
+  the embedding, so a second graph would run the whole ViT twice. Measured on
+  a ViT-B/16 at 256 px (random weights, 2 threads, onnxruntime 1.32, busy
+  machine): the two-output graph ran as fast as an embedding-only graph
+  (best of 12: 1.05-1.23 s vs 1.12 s), whether one or both outputs are fetched.
 * ``text``: ``input_ids``/``attention_mask`` -> ``embedding`` and
   ``token_states`` (the text-mode BERT's last hidden states).
 * ``rerank``: ``text_states``/``attention_mask``/``image_states`` of N
