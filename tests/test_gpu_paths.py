@@ -283,3 +283,247 @@ def test_trt_build_and_run_on_this_gpu(shared_bundle: Path, tmp_path: Path) -> N
     assert float(np.min(np.sum(ref.encode_text(texts) * enc.encode_text(texts), axis=1))) >= 0.999
     with pytest.raises(InputError, match="optimisation profile"):
         enc.encode_text(["word"] * 9, batch_size=9)  # above the profile's max batch of 8
+
+
+# ----------------------------------------------------------------------------- TensorRT runner against fakes
+
+
+class _FakeCudart:
+    """CUDA runtime stand-in: 'device' memory is a dict of bytearrays keyed by fake pointers."""
+
+    class cudaMemcpyKind:  # noqa: N801 - mirrors cuda-python's name
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self) -> None:
+        self.mem: dict[int, bytearray] = {}
+        self.next = 4096
+        self.mallocs = 0
+
+    def cudaMalloc(self, n: int) -> tuple[int, int]:  # noqa: N802
+        ptr, self.next = self.next, self.next + n + 256
+        self.mem[ptr] = bytearray(n)
+        self.mallocs += 1
+        return 0, ptr
+
+    def cudaFree(self, ptr: int) -> tuple[int]:  # noqa: N802
+        self.mem.pop(ptr, None)
+        return (0,)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 7
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, stream: int) -> tuple[int]:  # noqa: N802
+        import ctypes
+
+        if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice:
+            self.mem[dst][:n] = ctypes.string_at(src, n)
+        else:
+            ctypes.memmove(dst, bytes(self.mem[src][:n]), n)
+        return (0,)
+
+
+def _fake_tensorrt(cudart: _FakeCudart) -> Any:
+    """Enough of tensorrt's runtime API for TensorRTSession: one int64 input, one (batch, 4) float output."""
+    from types import SimpleNamespace
+
+    class Context:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addr: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+            self.shapes[name] = tuple(shape)
+
+        def set_tensor_address(self, name: str, ptr: int) -> None:
+            self.addr[name] = ptr
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return (self.shapes["input_ids"][0], 4)
+
+        def execute_async_v3(self, stream: int) -> bool:
+            n, length = self.shapes["input_ids"]
+            ids = np.frombuffer(bytes(cudart.mem[self.addr["input_ids"]][: n * length * 8]), np.int64).reshape(n, length)
+            out = (ids.sum(axis=1, keepdims=True) * np.ones((1, 4))).astype(np.float32)
+            cudart.mem[self.addr["embedding"]][: out.nbytes] = out.tobytes()
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i: int) -> str:
+            return ["input_ids", "embedding"][i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "in" if name == "input_ids" else "out"
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return np.int64 if name == "input_ids" else np.float32
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return (-1, -1) if name == "input_ids" else (-1, 4)
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+            return (1, 1), (4, 8), (8, 16)
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+            return Engine() if data == b"fake engine" else None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    return SimpleNamespace(
+        __version__="10.3.0", Logger=Logger, Runtime=Runtime, nptype=lambda dt: dt,
+        TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"),
+    )
+
+
+def test_tensorrt_session_runs_through_the_api_it_targets(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exercises TensorRTSession's Python logic (buffers, shapes, copies) against fakes of tensorrt and cuda-python."""
+    import crossmodal.gpu as gpu
+
+    cudart = _FakeCudart()
+    monkeypatch.setattr(gpu, "_cudart", lambda: cudart)
+    monkeypatch.setattr(gpu, "_tensorrt", lambda: _fake_tensorrt(cudart))
+    engine = _install(bundle, "text", AMPERE)
+    sess = gpu.TensorRTSession(engine, device=AMPERE)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids"] and sess.get_outputs()[0].name == "embedding"
+    out = sess.run(None, {"input_ids": np.array([[1, 2, 3], [4, 5, 6]])})[0]
+    np.testing.assert_array_equal(out, [[6.0] * 4, [15.0] * 4])
+    sess.run(["embedding"], {"input_ids": np.ones((2, 2), np.int64)})
+    mallocs = cudart.mallocs
+    sess.run(["embedding"], {"input_ids": np.ones((1, 3), np.int64)})
+    assert cudart.mallocs == mallocs  # smaller batches reuse the device buffers
+    big = sess.run(["embedding"], {"input_ids": np.ones((8, 16), np.int64)})[0]
+    assert big.shape == (8, 4) and float(big[0, 0]) == 16.0 and cudart.mallocs > mallocs
+    with pytest.raises(InputError, match=r"outside the engine's optimisation profile \(1, 1\)\.\.\(8, 16\)"):
+        sess.run(None, {"input_ids": np.ones((9, 4), np.int64)})
+    with pytest.raises(InputError, match="needs input 'input_ids'"):
+        sess.run(None, {"ids": np.ones((1, 4), np.int64)})
+    with pytest.raises(ArtifactError, match="crossmodal trt build"):
+        gpu.TensorRTSession(engine, device=ADA)  # refused before deserialising
+
+
+def _fake_builder_trt(record: dict[str, Any], parse_ok: bool = True) -> Any:
+    """Enough of tensorrt's builder API for build_engine; records what the builder was asked for."""
+    from types import SimpleNamespace
+
+    class Cache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return self.data + b"+tuned"
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags: list[str] = []
+            self.cache: Cache | None = None
+            record["config"] = self
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            record["workspace"] = size
+
+        def set_flag(self, flag: str) -> None:
+            self.flags.append(flag)
+
+        def add_optimization_profile(self, profile: Any) -> None:
+            record["profile"] = profile.shapes
+
+        def create_timing_cache(self, data: bytes) -> Cache:
+            record["cache_in"] = data
+            return Cache(data)
+
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
+            self.cache = cache
+
+        def get_timing_cache(self) -> Cache:
+            assert self.cache is not None
+            return self.cache
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[Any, ...]] = {}
+
+        def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
+            self.shapes[name] = (list(lo), list(opt), list(hi))
+
+    class Builder:
+        def __init__(self, logger: Any) -> None:
+            pass
+
+        def create_network(self, flags: int) -> str:
+            record["network_flags"] = flags
+            return "network"
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: str, config: Config) -> bytes:
+            return b"ENGINE"
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network: str, logger: Any) -> None:
+            pass
+
+        def parse_from_file(self, path: str) -> bool:
+            record["parsed"] = path
+            return parse_ok
+
+        def get_error(self, i: int) -> str:
+            return "Unsupported op Foo"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    return SimpleNamespace(
+        __version__="10.3.0", Logger=Logger, Builder=Builder, OnnxParser=Parser,
+        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"), BuilderFlag=SimpleNamespace(FP16="fp16", INT8="int8"),
+    )
+
+
+def test_build_engine_drives_the_builder_api(shared_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crossmodal.gpu as gpu
+    from crossmodal.export.trt import build_engine, input_profile
+
+    record: dict[str, Any] = {}
+    monkeypatch.setattr(gpu, "_tensorrt", lambda: _fake_builder_trt(record))
+    manifest = read_manifest(shared_bundle / "text" / "gpu-fp16")
+    profile = input_profile(manifest, {"min": (1, 1), "opt": (4, 16), "max": (8, 77)})
+    cache = tmp_path / "timing.cache"
+    onnx_path = shared_bundle / "text" / "gpu-fp16" / "model.onnx"
+    assert build_engine(onnx_path, profile, timing_cache=cache, workspace_gb=1) == b"ENGINE"
+    assert record["parsed"] == str(onnx_path) and record["workspace"] == 1 << 30
+    assert record["network_flags"] == 1  # strongly typed: the graph's fp32 islands stay fp32
+    assert record["config"].flags == []  # ... so no FP16 builder flag (TensorRT forbids it there)
+    assert record["profile"]["input_ids"] == ([1, 1], [4, 16], [8, 77])
+    assert record["cache_in"] == b"" and cache.read_bytes() == b"+tuned"
+    build_engine(onnx_path, profile, timing_cache=cache)
+    assert record["cache_in"] == b"+tuned"  # the second build starts from the saved timings
+    monkeypatch.setattr(gpu, "_tensorrt", lambda: _fake_builder_trt(record, parse_ok=False))
+    with pytest.raises(ArtifactError, match="Unsupported op Foo"):
+        build_engine(onnx_path, profile)
+    with pytest.raises(ArtifactError, match="no implicit int8 calibration"):
+        build_engine(onnx_path, profile, int8=True)
