@@ -302,6 +302,9 @@ def export_mbert(
         raise ArtifactError("--space names the space of a text-only bundle; a paired bundle takes the CLIP's space")
     target_list = parse_targets(targets)
     source = resolve(model, allow_patterns=_PATTERNS)
+    if not any(source.path.glob("*.safetensors")) and not any(source.path.glob("*/*.safetensors")):
+        # Older hub repos (M-CLIP/*) ship pytorch_model.bin only; fetch it only when no safetensors exist.
+        source = resolve(model, allow_patterns=_PATTERNS + ["pytorch_model*.bin", "*/pytorch_model*.bin"])
     model_card = find_card(model, card)
 
     # Check the image side first: a refused pairing must not cost a text export.
@@ -312,6 +315,12 @@ def export_mbert(
         if "image" not in bundle_info.towers:
             raise ArtifactError(f"--image-bundle {image_bundle} has no image tower (it has {sorted(bundle_info.towers)})")
         check_pairing(model_card, bundle_info.space, force_pairing)
+    clip_source = None
+    if image_model is not None:
+        from . import clip
+
+        clip_source = resolve(image_model, allow_patterns=clip._PATTERNS)
+        check_pairing(model_card, clip.space_name(clip_source), force_pairing)
 
     parts = read_parts(source.path, head=head, base_config_path=base_config)
     text_spec = build_text_spec(parts)
@@ -334,12 +343,10 @@ def export_mbert(
         pairing = {"image": {"bundle": str(image_bundle.resolve()), "space": bundle_info.space,
                              "source": dict(bundle_info.source), "variants": variants},
                    "text": source_dict, "forced": bool(force_pairing)}
-    elif image_model is not None:
+    elif clip_source is not None:
         from . import clip
 
-        clip_source = resolve(image_model, allow_patterns=clip._PATTERNS)
         clip_space = clip.space_name(clip_source)
-        check_pairing(model_card, clip_space, force_pairing)
         image_specs, facts = clip.build_specs(clip_source, calib_dir=calib_dir, towers=("image",))
         _check_dims(parts.dim, int(facts["dim"]), f"CLIP {image_model}")
         specs = image_specs + specs
