@@ -183,7 +183,8 @@ def export_tower(
     if "gpu-fp16" in targets:
         from .fp16 import convert_fp16
 
-        fp16_path, fp16_parity, fp16_info = convert_fp16(raw, workdir / f"{folder}-fp16.onnx", reference, spec.parity_inputs)
+        fp16_path, fp16_parity, fp16_info = convert_fp16(
+            raw, workdir / f"{folder}-fp16.onnx", reference, spec.parity_inputs, output=spec.parity_output)
         require(fp16_parity, min_cosine=thresholds.fp16_min_cosine, max_abs=None, what=f"{what} gpu-fp16")
         fields = _manifest_fields(spec, variant="gpu-fp16", precision="fp16", parity=fp16_parity, rewrites=[],
                                   quantization=None,

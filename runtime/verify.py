@@ -49,7 +49,13 @@ def verify_variant(tower_dir: Path) -> VerifyResult:
     if not ref_path.is_file():
         return VerifyResult(*tag, True, "sha256 ok; no reference.npz, parity not re-checked")
     try:
-        sess = make_session(model, manifest.variant)
+        if manifest.variant == "gpu-trt-fp16":
+            from .gpu import TensorRTSession
+
+            sess = TensorRTSession(model)
+        else:
+            # gpu-fp16 graphs run on the CPU provider too: parity is re-checked either way.
+            sess = make_session(model, manifest.variant, allow_cpu_fallback=manifest.variant == "gpu-fp16")
     except ProviderUnavailableError as exc:
         return VerifyResult(*tag, True, f"sha256 ok; parity not re-checked here ({exc})")
     with np.load(ref_path, allow_pickle=False) as ref:
