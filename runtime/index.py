@@ -302,6 +302,7 @@ class Index:
         self._db_lock = threading.RLock()
         self._closed = False
         self.repairs: list[str] = []
+        self._ef: int | None = None
         # Tests set this to observe (and kill the process at) each step of add/save.
         self._hook: Callable[[str], None] | None = None
 
@@ -453,6 +454,19 @@ class Index:
     @property
     def dtype(self) -> str:
         return str(self._state["dtype"])
+
+    @property
+    def expansion_search(self) -> int:
+        """HNSW search breadth (recall vs latency); set it to change it for this instance only."""
+        return int(self._ef if self._ef is not None else self._state["expansion_search"])
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"expansion_search must be a positive int, got {value!r}.")
+        self._ef = value  # not persisted: the recorded default stays in meta.sqlite and the header
+        for graph in self._graphs.values():
+            graph.expansion_search = value
 
     @property
     def root(self) -> str | None:

@@ -86,6 +86,10 @@ def test_k_bounds_and_empty_index(tmp_path: Path) -> None:
     assert idx.search(unit(3), 5) == [[], [], []]
     idx.add(unit(4))
     assert len(idx.search(unit(1)[0], 100)) == 4  # k > len: every item
+    idx.expansion_search = 2048
+    assert idx.expansion_search == 2048 and idx._graphs["image"].expansion_search == 2048
+    with pytest.raises(InputError, match="expansion_search"):
+        idx.expansion_search = 0
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(InputError, match="k must be a positive integer"):
             idx.search(unit(1)[0], bad)  # type: ignore[arg-type]
