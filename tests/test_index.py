@@ -416,3 +416,16 @@ def test_hnsw_recall_at_10_vs_exact() -> None:
     report = bench_recall(10_000, 64, k=10, n_queries=300, seed=0)
     assert report.recall >= 0.99 and report.exact_recall >= 0.999, report
     assert report.settings["connectivity"] == 32 and report.n == 10_000
+
+
+def test_partial_tmp_graph_from_a_killed_save_is_ignored(tmp_path: Path) -> None:
+    idx, vecs, keys = make_index(tmp_path, n=40)
+    idx.save()
+    idx.close()
+    tmp_graph = tmp_path / "idx" / (vectors_file("image") + ".tmp")
+    tmp_graph.write_bytes((tmp_path / "idx" / vectors_file("image")).read_bytes()[:1000])  # died mid-write
+    with Index.open(tmp_path / "idx", read_only=True) as reader:
+        assert len(reader) == 40 and reader.search(vecs[9], 1)[0].key == int(keys[9])
+    assert tmp_graph.exists()  # readers never touch the directory
+    Index.open(tmp_path / "idx").close()
+    assert not tmp_graph.exists()
