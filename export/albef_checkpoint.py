@@ -169,7 +169,7 @@ def card_names() -> list[str]:
     """Names accepted by ``--config`` (the ``config_name`` of each card under ``models/cards``)."""
     import json
 
-    names = []
+    names: list[str] = []
     for path in sorted(CARDS_DIR.glob(f"{CARD_PREFIX}*.json")):
         with open(path, encoding="utf-8") as f:
             names.append(str(json.load(f).get("config_name", path.stem)))
@@ -184,10 +184,12 @@ def read_config_file(spec: str | Path) -> dict[str, Any]:
     import json
 
     spec_str = str(spec)
-    for candidate in (CARDS_DIR / f"{spec_str}.json", CARDS_DIR / f"{CARD_PREFIX}{spec_str}.json"):
-        if "/" not in spec_str and candidate.is_file():
-            with open(candidate, encoding="utf-8") as f:
-                return json.load(f)
+    if isinstance(spec, str) and spec_str.replace("_", "").isalnum():
+        # Bare names are cards: "albef_4m" -> albef_4m.json, "retrieval_coco" -> albef_retrieval_coco.json.
+        for candidate in (CARDS_DIR / f"{spec_str}.json", CARDS_DIR / f"{CARD_PREFIX}{spec_str}.json"):
+            if candidate.is_file():
+                with open(candidate, encoding="utf-8") as f:
+                    return json.load(f)
     path = Path(spec_str)
     if not path.is_file():
         raise ArtifactError(
