@@ -294,7 +294,7 @@ def test_generator_input_and_bad_reference():
     out = preprocess(arrays, CLIP)  # type: ignore[arg-type]
     assert out.shape == (3, 3, 224, 224)
     assert _maxdiff(out[2], preprocess_one(random_rgb(30, 20, seed=2), CLIP)) == 0.0
-    with pytest.raises(ArtifactError, match="reference must be one of"):
+    with pytest.raises(ArtifactError, match="reference must be"):
         preprocess_one(random_rgb(8, 8), ImagePreprocess(size=8, reference="opencv"))
 
 
