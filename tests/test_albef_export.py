@@ -86,7 +86,17 @@ def test_rerank_graph_reproduces_golden_itm(bundle: Path, golden) -> None:
             "image_states": out["image_embeds"][ii]}
     (score,) = rerank.run(None, feed)
     assert np.abs(score - golden["itm_score"]).max() <= 1e-4
-    # The int8 re-ranker keeps the ranking of the captions for every image.
+    # 3. Broadcasting: one image against all captions (i2t) and one caption against all images (t2i).
+    for variant, tol in (("cpu-fp32", 1e-4), ("cpu-int8", 0.1)):
+        sess = _session(bundle / "rerank" / variant)
+        for i in range(3):
+            (row,) = sess.run(None, {"text_states": golden["text_embeds"], "attention_mask": golden["attention_mask"],
+                                     "image_states": golden["image_embeds"][i:i + 1]})
+            assert row.shape == (5,) and np.abs(row - golden["itm_score"].reshape(3, 5)[i]).max() <= tol
+        (col,) = sess.run(None, {"text_states": golden["text_embeds"][4:5], "attention_mask": golden["attention_mask"][4:5],
+                                 "image_states": golden["image_embeds"]})
+        assert col.shape == (3,) and np.abs(col - golden["itm_score"].reshape(3, 5)[:, 4]).max() <= tol
+    # The int8 re-ranker stays close (its parity gate is a cosine over the scores, this bounds the error).
     (score8,) = _session(bundle / "rerank" / "cpu-int8").run(None, feed)
     assert np.abs(score8 - golden["itm_score"]).max() < 0.1
 
