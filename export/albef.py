@@ -14,7 +14,8 @@ writes three towers into one bundle:
   ``token_states`` (the text-mode BERT's last hidden states).
 * ``rerank``: ``text_states``/``attention_mask``/``image_states`` of N
   (caption, image) pairs -> ``itm_score`` [N], the match logit that
-  ``Retrieval.py`` ranks its top-k candidates by.
+  ``Retrieval.py`` ranks its top-k candidates by. Either side may have batch 1
+  and is broadcast against the other (one image vs k captions, or the reverse).
 
 Text settings reproduce ALBEF's evaluation path: ``pre_caption`` (cleaning
 ``"albef"``, 30 words), then bert-base-uncased WordPiece with only ``[CLS]``

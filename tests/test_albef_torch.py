@@ -265,3 +265,12 @@ def test_cards_are_complete() -> None:
         assert card["yaml_config"]["image_res"] == card["preprocessing"]["image_res"]
     with pytest.raises(ArtifactError, match="neither a model card"):
         read_config_file("albef_999m")
+
+
+def test_bare_state_dict_file_loads(tmp_path: Path, golden) -> None:
+    """Some users re-save only the state dict; the tensors-only reader accepts it too."""
+    path = tmp_path / "bare.pth"
+    torch.save(tiny_state_dict(), path)
+    model, report = load_albef(path, TINY_CONFIG, with_rerank=False)
+    assert report.source == str(path) and report.num_consumed == 72
+    _assert_golden(model, golden)
