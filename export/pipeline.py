@@ -28,6 +28,7 @@ from crossmodal.errors import ArtifactError
 
 from . import artifact
 from .onnx_export import DEFAULT_OPSET, export_onnx, run_torch
+from .measure import parity_against
 from .optimize import optimize_with_parity
 from .parity import Parity, require
 from .quantize import quantize_int8
@@ -68,6 +69,10 @@ class TowerSpec:
     folder: str | None = None  # defaults to the tower name
     # Output compared for parity; towers compare their embedding (output 0).
     parity_output: int = 0
+    # Further outputs that consumers read (e.g. ALBEF token states for the
+    # re-ranker): name -> max abs error allowed for fp32. Every variant must also
+    # reach its own cosine threshold on them before it is written.
+    secondary_outputs: dict[str, float] = field(default_factory=dict)
 
 
 def parse_targets(targets: str | Sequence[str]) -> list[str]:
@@ -92,6 +97,18 @@ def _tensor_specs(names: Sequence[str], arrays: Sequence[NDArray], dynamic_axes:
 def _timing_feed(spec: TowerSpec) -> dict[str, NDArray]:
     # The largest sample is the closest to real work among the parity inputs.
     return max(spec.parity_inputs, key=lambda f: sum(v.size for v in f.values()))
+
+
+def _check_secondary(spec: TowerSpec, path: Path, reference: Sequence[Sequence[NDArray]], variant: str,
+                     min_cosine: float, exact: bool) -> dict[str, Any]:
+    """Gate the extra outputs of a graph before it is written; returns their parity for the manifest."""
+    out: dict[str, Any] = {}
+    for name, max_abs in spec.secondary_outputs.items():
+        p = parity_against(reference, path, spec.parity_inputs, output=spec.output_names.index(name))
+        require(p, min_cosine=min_cosine, max_abs=max_abs if exact else None,
+                what=f"{spec.folder or spec.tower} tower {variant} output {name!r}")
+        out[name] = p.to_dict()
+    return out
 
 
 def _manifest_fields(
@@ -163,7 +180,9 @@ def export_tower(
                                   rewrites=opt.rewrites, quantization=None,
                                   thresholds={"min_cosine": thresholds.fp32_min_cosine, "max_abs": thresholds.fp32_max_abs},
                                   **common)
-        fields["extra"] = {**fields["extra"], "rewrite_trials": opt.trials}
+        fields["extra"] = {**fields["extra"], "rewrite_trials": opt.trials,
+                           "secondary_parity": _check_secondary(spec, opt.path, reference, "cpu-fp32",
+                                                                thresholds.fp32_min_cosine, exact=True)}
         artifact.write_tower(bundle_dir, folder, "cpu-fp32", opt.path, fields, tokenizer_json, case)
         summary["cpu-fp32"] = opt.parity.to_dict()
 
@@ -177,6 +196,8 @@ def export_tower(
                                   rewrites=[],
                                   quantization={"recipe": q.recipe, **q.settings, "trials": q.trials},
                                   thresholds={"min_cosine": thresholds.int8_min_cosine}, **common)
+        fields["extra"] = {**fields["extra"], "secondary_parity": _check_secondary(
+            spec, q.path, reference, "cpu-int8", thresholds.int8_min_cosine, exact=False)}
         artifact.write_tower(bundle_dir, folder, "cpu-int8", q.path, fields, tokenizer_json, case)
         summary["cpu-int8"] = {"recipe": q.recipe, **q.parity.to_dict()}
 
@@ -189,7 +210,8 @@ def export_tower(
         fields = _manifest_fields(spec, variant="gpu-fp16", precision="fp16", parity=fp16_parity, rewrites=[],
                                   quantization=None,
                                   thresholds={"min_cosine": thresholds.fp16_min_cosine}, **common)
-        fields["extra"] = {**fields["extra"], **fp16_info}
+        fields["extra"] = {**fields["extra"], **fp16_info, "secondary_parity": _check_secondary(
+            spec, fp16_path, reference, "gpu-fp16", thresholds.fp16_min_cosine, exact=False)}
         artifact.write_tower(bundle_dir, folder, "gpu-fp16", fp16_path, fields, tokenizer_json, case)
         summary["gpu-fp16"] = fp16_parity.to_dict()
     return summary
