@@ -81,6 +81,8 @@ def scenario_fidelity(work: Path, runner: Runner, *, model: str | None, n_captio
     import crossmodal
 
     ref = SentenceTransformer(str(model_dir), device="cpu").encode(texts, batch_size=64, convert_to_numpy=True)
+    # The packaged model lives in a folder called "model": name it after its package instead.
+    label = model_dir.parent.name if model_dir.name == "model" else model_dir.name
     rows = []
     timing = _latency(work, runner, bundle, texts[0], quick)
     for variant in VARIANTS:
@@ -89,7 +91,7 @@ def scenario_fidelity(work: Path, runner: Runner, *, model: str | None, n_captio
         c = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
         manifest = json.loads((bundle / "text" / variant / "manifest.json").read_text())
         q = manifest.get("quantization") or {}
-        rows.append({"scenario": "g", "case": "minilm_captions", "engine": variant, "model": model_dir.name or str(model_dir),
+        rows.append({"scenario": "g", "case": "minilm_captions", "engine": variant, "model": label,
                      "recipe": q.get("recipe", "fp32"), "min_cos": float(c.min()), "mean_cos": float(c.mean()),
                      "top1_agreement": top1_agreement(ref, got), "captions": n, "reference": "sentence-transformers fp32",
                      "int8_trials": q.get("trials"), **timing.get(variant, {})})

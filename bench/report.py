@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .scenarios import INT8_PEAK_GOPS, TORCH_BF16, TORCH_FP32
 
@@ -154,8 +154,11 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         for ax, tower in zip(axes[0], towers):
             for engine in dict.fromkeys(r["engine"] for r in rows):
                 pts = sorted((r["batch"], r["p50_ms"] / r["batch"]) for r in rows if r["tower"] == tower and r["engine"] == engine)
+                fids = [r["fidelity"]["min_cos"] for r in rows
+                        if r["tower"] == tower and r["engine"] == engine and r.get("fidelity")]
+                label = engine + (f" (min cos {min(fids):.4f})" if fids and engine != TORCH_FP32 else "")
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=engine)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("batch size")
@@ -178,7 +181,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
             rects = ax.bar([x + (k - 0.5) * width for x in xs], vals, width, label=f"vs PyTorch {base.split('-')[1]}", color=color)
             ax.bar_label(rects, labels=[f"{v:.1f}x" if v else "" for v in vals], fontsize=7)
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(xs, [b["label"] for b in bars], rotation=25, ha="right", fontsize=8)
+        ax.set_xticks(xs, [b["label"] for b in bars], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("speedup (PyTorch p50 / crossmodal p50)")
         ax.set_title("crossmodal cpu-int8 vs PyTorch, same run")
         ax.legend(fontsize=8)
@@ -197,6 +200,9 @@ def speedup_rows(result: dict[str, Any], engine: str = "crossmodal-cpu-int8") ->
             continue
         label = {"a": _case_label(r), "b": "images e2e (JPEG)", "c": f"text query, N={r.get('n', 0):,}",
                  "d": "cold start"}[r["scenario"]]
+        fid = r.get("fidelity")
+        if fid:  # the speed figure carries its fidelity figure, in the plot too
+            label += f"\nmin cos {fid['min_cos']:.4f}"
         out.append({"label": label, TORCH_FP32: r.get("x_torch_fp32"), TORCH_BF16: r.get("x_torch_bf16")})
     return out
 
@@ -218,4 +224,4 @@ def int8_floor_ms(flops_per_image: float | None, batch: int) -> float | None:
     return None if not flops_per_image else flops_per_image * batch / (INT8_PEAK_GOPS * 1e9) * 1e3
 
 
-__all__ = ["markdown", "plots", "write", "speedup_rows", "int8_floor_ms", "Sequence"]
+__all__ = ["markdown", "plots", "write", "speedup_rows", "int8_floor_ms"]

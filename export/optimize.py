@@ -69,6 +69,11 @@ def compare_latency_ms(
     return best
 
 
+# The fused graph stays in the tower's workdir under this name when it keeps
+# fp32 parity (even if it was not faster): the int8 step also tries it.
+FUSED_FILE = "fused.onnx"
+
+
 @dataclass
 class OptimizeResult:
     path: Path
@@ -105,7 +110,7 @@ def optimize_with_parity(
         return best
     name = f"ort-fusion:{options['model_type']}"
     try:
-        fused = fuse_transformer(raw, workdir / "fused.onnx", options["model_type"], options["num_heads"], options["hidden_size"])
+        fused = fuse_transformer(raw, workdir / FUSED_FILE, options["model_type"], options["num_heads"], options["hidden_size"])
     except Exception as exc:  # a failed optional rewrite is recorded, not fatal
         best.trials.append({"rewrite": "none", **base_parity.to_dict()})
         best.trials.append({"rewrite": name, "rejected": f"fusion failed: {exc!r}"})
@@ -116,6 +121,7 @@ def optimize_with_parity(
     trial: dict[str, Any] = {"rewrite": name, "ms": round(ms, 3), **p.to_dict()}
     if p.min_cosine < min_cosine or p.max_abs > max_abs:
         trial["rejected"] = f"parity lost (min cosine {p.min_cosine:.6f}, max abs {p.max_abs:.2e})"
+        fused.unlink(missing_ok=True)  # quantize.py may only build on a fused graph that keeps parity
     elif ms > base_ms * 0.98:
         trial["rejected"] = f"not faster ({ms:.2f} ms vs {base_ms:.2f} ms unfused)"
     else:
