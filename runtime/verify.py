@@ -8,12 +8,12 @@ torch needed: the reference was computed by the exporter.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .durable_files import file_digest
 from .errors import ArtifactError, ProviderUnavailableError
 from .manifest import REFERENCE_FILE, available_variants, read_bundle, read_manifest
 from .session import make_session
@@ -27,14 +27,6 @@ class VerifyResult:
     detail: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_variant(tower_dir: Path) -> VerifyResult:
     """Check one ``<bundle>/<tower>/<variant>`` folder."""
     manifest = read_manifest(tower_dir)
@@ -42,7 +34,7 @@ def verify_variant(tower_dir: Path) -> VerifyResult:
     tag = (manifest.tower, manifest.variant)
     if not model.is_file():
         return VerifyResult(*tag, False, f"{model} is missing")
-    digest = _sha256(model)
+    digest = file_digest(model)[0]
     if digest != manifest.sha256:
         return VerifyResult(*tag, False, f"sha256 mismatch: file {digest[:12]}..., manifest {manifest.sha256[:12]}...")
     ref_path = tower_dir / REFERENCE_FILE

@@ -1,0 +1,198 @@
+"""The index's metadata store: ``meta.sqlite`` (items, the add journal, the committed state).
+
+Every change is one SQLite transaction (WAL, ``synchronous=FULL``), so the store is
+always at some committed state; see :mod:`crossmodal.index` for how the graph files
+are kept consistent with it. SQLite failures surface as IndexStoreError naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .errors import IndexStoreError
+from .index_format import FORMAT_VERSION, HEADER_FIELDS, META_FILE, TOWERS, escapes
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    tower TEXT NOT NULL, key INTEGER NOT NULL, path TEXT, caption TEXT, sha256 TEXT,
+    extra TEXT, added_at REAL NOT NULL, PRIMARY KEY (tower, key));
+CREATE INDEX IF NOT EXISTS items_path ON items (path);
+CREATE TABLE IF NOT EXISTS journal (
+    tower TEXT NOT NULL, key INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (tower, key));
+"""
+ITEM_COLUMNS = "tower, key, path, caption, sha256, extra"
+# SQLite caps the number of parameters of one statement.
+_CHUNK = 500
+
+ItemRow = tuple[str, int, "str | None", "str | None", "str | None", "str | None"]
+
+
+def create_meta(db: Path, state: Mapping[str, Any]) -> None:
+    """Write a new ``meta.sqlite`` holding ``state`` and empty item and journal tables."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(SCHEMA)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executemany("INSERT INTO state(name, value) VALUES (?, ?)",
+                         [(k, json.dumps(v)) for k, v in state.items()])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def connect(db: Path, read_only: bool) -> sqlite3.Connection:
+    """Open ``meta.sqlite`` (autocommit: transactions are explicit); IndexStoreError if it is not one."""
+    try:
+        if read_only:
+            from urllib.parse import quote
+
+            conn = sqlite3.connect(f"file:{quote(str(db.resolve()))}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=30)
+        else:
+            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed add survives power loss too, not only a process kill.
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("SELECT COUNT(*) FROM state").fetchone()
+    except sqlite3.Error as exc:
+        raise IndexStoreError(f"{db} is not a readable crossmodal metadata store ({exc}); it is corrupt. "
+                              "Rebuild the index with `crossmodal index build`.") from exc
+    return conn
+
+
+def read_state(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """The ``state`` table of the index at ``path``, checked for completeness and format version."""
+    try:
+        state = {name: json.loads(value) for name, value in conn.execute("SELECT name, value FROM state")}
+    except (sqlite3.Error, ValueError) as exc:
+        raise IndexStoreError(f"{path / META_FILE}: unreadable state table ({exc}).") from exc
+    missing = [k for k in HEADER_FIELDS if k not in state]
+    if missing:
+        raise IndexStoreError(f"{path / META_FILE}: state lacks {missing}; not an index written by this crossmodal.")
+    if state["format_version"] != FORMAT_VERSION:
+        raise IndexStoreError(f"{path}: index format {state['format_version']} is not supported by this "
+                              f"crossmodal (expects {FORMAT_VERSION}); rebuild the index.")
+    return state
+
+
+class MetaStore:
+    """The SQLite connection of one open index, shared by threads under one lock."""
+
+    def __init__(self, conn: sqlite3.Connection, index_path: Path) -> None:
+        self.conn = conn
+        self.index_path = index_path
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Serialise access and turn SQLite failures (a damaged page, a lock held past the
+        timeout) into IndexStoreError naming the file, like every other store error."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise IndexStoreError(f"{self.index_path / META_FILE}: {exc}. If it persists the metadata store "
+                                      "is damaged; rebuild the index with `crossmodal index build`.") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``), rolled back on any exception."""
+        with self.guard():
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, set[int]], dict[str, list[tuple[int, bytes]]],
+                                list[tuple[str, int, str]]]:
+        """One consistent read of state, item keys, journal and item paths outside the root."""
+        with self.guard():
+            cur = self.conn.cursor()
+            cur.execute("BEGIN")
+            try:
+                state = read_state(self.conn, self.index_path)
+                item_keys: dict[str, set[int]] = {t: set() for t in TOWERS}
+                for tower, key in cur.execute("SELECT tower, key FROM items"):
+                    if tower in item_keys:
+                        item_keys[tower].add(int(key))
+                journal: dict[str, list[tuple[int, bytes]]] = {t: [] for t in TOWERS}
+                for tower, key, blob in cur.execute("SELECT tower, key, vector FROM journal"):
+                    if tower in journal:
+                        journal[tower].append((int(key), blob))
+                bad_paths: list[tuple[str, int, str]] = []
+                if state.get("root") is not None:
+                    for tower, key, p in cur.execute("SELECT tower, key, path FROM items WHERE path IS NOT NULL"):
+                        if escapes(p):
+                            bad_paths.append((tower, int(key), p))
+            finally:
+                cur.execute("COMMIT")
+        return state, item_keys, journal, bad_paths
+
+    def journal_size(self) -> int:
+        """Vectors committed in the journal but not yet compacted into a graph file."""
+        with self.guard():
+            return int(self.conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+    def add_items(self, rows: Sequence[tuple[Any, ...]], journal_rows: Sequence[tuple[str, int, bytes]],
+                  before_commit: Callable[[], None]) -> None:
+        """Commit item rows with their journaled vectors in one transaction."""
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO journal VALUES (?, ?, ?)", journal_rows)
+            before_commit()
+
+    def delete_items(self, tower: str, keys: Sequence[int]) -> None:
+        """Delete items and any journaled vectors of theirs, in one transaction."""
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM items WHERE tower = ? AND key = ?", [(tower, k) for k in keys])
+            conn.executemany("DELETE FROM journal WHERE tower = ? AND key = ?", [(tower, k) for k in keys])
+
+    def commit_files(self, files: Mapping[str, Any], generation: int) -> None:
+        """The commit point of a save: record the new graph files and empty the journal."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM journal")
+            conn.executemany("INSERT OR REPLACE INTO state(name, value) VALUES (?, ?)",
+                             [("files", json.dumps(files)), ("generation", json.dumps(generation))])
+
+    def item_rows(self, tower: str | None = None) -> list[ItemRow]:
+        """Item rows (``ITEM_COLUMNS``) of one tower or all, ordered by tower, key."""
+        sql = f"SELECT {ITEM_COLUMNS} FROM items"
+        args: tuple[Any, ...] = ()
+        if tower is not None:
+            sql += " WHERE tower = ?"
+            args = (tower,)
+        with self.guard():
+            return self.conn.execute(sql + " ORDER BY tower, key", args).fetchall()
+
+    def rows_for_keys(self, tower: str, keys: Sequence[int]) -> list[ItemRow]:
+        """Item rows of ``tower`` whose key is in ``keys`` (missing keys are skipped)."""
+        out: list[ItemRow] = []
+        with self.guard():
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                out.extend(self.conn.execute(
+                    f"SELECT {ITEM_COLUMNS} FROM items WHERE tower = ? AND key IN ({marks})", (tower, *chunk)))
+        return out
+
+    def keys_at_path(self, tower: str, rel: str | None) -> list[int]:
+        """Keys of ``tower`` items stored under the relative path ``rel``."""
+        with self.guard():
+            rows = self.conn.execute("SELECT key FROM items WHERE tower = ? AND path = ?", (tower, rel)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection (committed changes are already durable)."""
+        self.conn.close()
