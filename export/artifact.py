@@ -9,7 +9,6 @@ interrupted export never leaves a half-written variant that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from crossmodal.durable_files import atomic_write_bytes, file_digest, fsync_dir, fsync_file
 from crossmodal.manifest import (
     BUNDLE_FILE,
     MANIFEST_FILE,
@@ -31,11 +31,7 @@ from crossmodal.manifest import (
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)[0]
 
 
 def exporter_versions() -> dict[str, str]:
@@ -49,32 +45,10 @@ def exporter_versions() -> dict[str, str]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform/filesystem
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON so that readers see either the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def write_tower(
@@ -113,8 +87,7 @@ def write_tower(
             np.savez_compressed(staging / REFERENCE_FILE, **reference_case)
         write_json_atomic(staging / MANIFEST_FILE, manifest.to_dict())
         for p in staging.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(p)
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{variant}.old.", dir=final.parent))
             os.replace(final, trash / variant)
@@ -122,7 +95,7 @@ def write_tower(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return manifest
     finally:
         if staging.exists():
