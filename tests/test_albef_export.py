@@ -68,7 +68,9 @@ def test_int8_graphs_keep_cosine(bundle: Path, golden) -> None:
     for name in ("image_feat", "text_feat"):
         assert _cos(out[name], golden[name]) >= 0.99, name
     manifest = read_manifest(bundle / "text" / "cpu-int8")
-    assert manifest.precision == "int8" and manifest.quantization["recipe"] in ("nbits8", "dynamic", "qdq")
+    from crossmodal.export.quantize import AUTO_CANDIDATES
+
+    assert manifest.precision == "int8" and manifest.quantization["recipe"] in AUTO_CANDIDATES["text"]
 
 
 def test_rerank_graph_reproduces_golden_itm(bundle: Path, golden) -> None:
@@ -93,12 +95,30 @@ def test_rerank_graph_reproduces_golden_itm(bundle: Path, golden) -> None:
             (row,) = sess.run(None, {"text_states": golden["text_embeds"], "attention_mask": golden["attention_mask"],
                                      "image_states": golden["image_embeds"][i:i + 1]})
             assert row.shape == (5,) and np.abs(row - golden["itm_score"].reshape(3, 5)[i]).max() <= tol
-        (col,) = sess.run(None, {"text_states": golden["text_embeds"][4:5], "attention_mask": golden["attention_mask"][4:5],
-                                 "image_states": golden["image_embeds"]})
-        assert col.shape == (3,) and np.abs(col - golden["itm_score"].reshape(3, 5)[:, 4]).max() <= tol
+    _check_caption_broadcast(bundle, "cpu-fp32", golden)
     # The int8 re-ranker stays close (its parity gate is a cosine over the scores, this bounds the error).
     (score8,) = _session(bundle / "rerank" / "cpu-int8").run(None, feed)
     assert np.abs(score8 - golden["itm_score"]).max() < 0.1
+
+
+def _check_caption_broadcast(bundle: Path, variant: str, golden) -> None:
+    (col,) = _session(bundle / "rerank" / variant).run(None, {
+        "text_states": golden["text_embeds"][4:5], "attention_mask": golden["attention_mask"][4:5],
+        "image_states": golden["image_embeds"]})
+    assert col.shape == (3,) and np.abs(col - golden["itm_score"].reshape(3, 5)[:, 4]).max() <= (1e-4 if variant == "cpu-fp32" else 0.1)
+
+
+def test_int8_rerank_caption_broadcast(bundle: Path, golden) -> None:
+    try:
+        _check_caption_broadcast(bundle, "cpu-int8", golden)
+    except Exception as exc:  # onnxruntime raises its own untyped error
+        recipe = read_manifest(bundle / "rerank" / "cpu-int8").quantization["recipe"]
+        if recipe in ("dynamic", "qdq") and "Shape mismatch" in str(exc):
+            # Known bug, outside the ALBEF code: export/quantize.py runs SymbolicShapeInference(auto_merge=True)
+            # before these quantisers; it merges the text_batch and image_batch axes and the int8 graph keeps the
+            # merged shapes. crossmodal.Reranker never feeds this shape (it tiles a single caption instead).
+            pytest.xfail(f"int8 re-ranker ({recipe}) cannot broadcast one caption: {str(exc)[:120]}")
+        raise
 
 
 def test_manifests_describe_albef(bundle: Path) -> None:
@@ -111,6 +131,12 @@ def test_manifests_describe_albef(bundle: Path) -> None:
     assert (image.preprocess.size, image.preprocess.resize, image.preprocess.crop_size, image.preprocess.reference) == (64, "square", None, "pil")
     assert image.preprocess.mean == (0.48145466, 0.4578275, 0.40821073) and image.normalized
     assert [o.name for o in image.outputs] == ["embedding", "token_states"]
+    # Every variant of both towers carries the gate's measurement of the re-ranker's inputs.
+    for tower in ("image", "text"):
+        for variant, max_abs in (("cpu-fp32", 1e-3), ("cpu-int8", None)):
+            states = read_manifest(bundle / tower / variant).extra["secondary_parity"]["token_states"]
+            assert states["min_cosine"] >= (0.99999 if max_abs else 0.99), (tower, variant, states)
+            assert max_abs is None or states["max_abs"] <= max_abs
     text = read_manifest(bundle / "text" / "cpu-fp32")
     assert text.text is not None and (text.text.cleaning, text.text.max_words, text.text.max_length, text.text.pad_id) == ("albef", 30, 30, 0)
     assert [o.name for o in text.outputs] == ["embedding", "token_states"]
@@ -171,18 +197,42 @@ def test_export_at_another_resolution(tmp_path: Path, golden) -> None:
     assert json.loads((out / "bundle.json").read_text())["source"]["checkpoint_image_res"] == 64
 
 
-def test_token_state_check_catches_a_bent_second_output(bundle: Path) -> None:
-    """The pipeline gates on the embedding only; the exporter's own check guards the re-ranker's inputs."""
-    from crossmodal.errors import ParityError
-    from crossmodal.export.albef import build_specs, verify_token_states
+def _bend_output(path: Path, name: str, offset: float) -> None:
+    """Rewrite the ONNX file at ``path`` so that output ``name`` is shifted by ``offset`` (the others untouched)."""
+    import onnx
+    from onnx import TensorProto, helper
 
-    model, _ = load_albef(TINY_CKPT, TINY_CONFIG)
-    specs = build_specs(model, build_tokenizer(_vocab()), rerank=False)
-    assert set(verify_token_states(bundle, specs)) == {"image", "text"}
-    with torch.no_grad():
-        model.image.ln_final.bias += 0.01  # the graph on disk no longer matches the module's token states
-    with pytest.raises(ParityError, match="token_states"):
-        verify_token_states(bundle, specs)
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:  # producer and in-graph consumers keep the true tensor: only the graph output bends
+        node.output[:] = [f"{name}_unbent" if o == name else o for o in node.output]
+        node.input[:] = [f"{name}_unbent" if i == name else i for i in node.input]
+    graph.node.append(helper.make_node("Constant", [], [f"{name}_offset"],
+                                       value=helper.make_tensor(f"{name}_offset", TensorProto.FLOAT, [], [offset])))
+    graph.node.append(helper.make_node("Add", [f"{name}_unbent", f"{name}_offset"], [name]))
+    onnx.save(model, str(path))
+
+
+def test_bent_token_states_are_refused_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline gates the second output (token_states) too: an exporter bug that keeps the
+    embedding but bends the states the re-ranker reads stops the export before any file is written."""
+    import crossmodal.export.pipeline as pipeline
+    from crossmodal.errors import ParityError
+
+    real_export = pipeline.export_onnx
+
+    def bent_export(module, example, input_names, output_names, dynamic_axes, path, opset=17):
+        out = real_export(module, example, input_names, output_names, dynamic_axes, path, opset)
+        if "token_states" in output_names:
+            _bend_output(Path(out), "token_states", 0.01)
+        return out
+
+    monkeypatch.setattr(pipeline, "export_onnx", bent_export)
+    out = tmp_path / "bent"
+    with pytest.raises(ParityError, match=r"image tower cpu-fp32 output 'token_states'"):
+        export_albef(TINY_CKPT, TINY_CONFIG, out, "cpu-fp32", vocab=_vocab(), rerank=False, optimize=False)
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert written == [], written
 
 
 def test_vocab_resolution_errors(tmp_path: Path) -> None:
