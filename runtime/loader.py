@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .encoder import Encoder
 from .errors import ArtifactError, IncompatibleTowersError
-from .manifest import TowerManifest, available_variants, read_bundle, read_manifest
+from .manifest import BundleInfo, TowerManifest, available_variants, read_bundle, read_manifest
 from .session import make_session
 from .towers import ImageTower, TextTower
 
@@ -55,32 +55,52 @@ def load(
     variant = variant or DEFAULT_VARIANT
     towers: dict[str, ImageTower | TextTower] = {}
     for name in wanted:
-        folder = bundle.towers[name]
-        tower_dir = root / folder / variant
-        if not tower_dir.is_dir():
-            have = available_variants(root, folder)
-            raise ArtifactError(
-                f"bundle {root} has no {variant!r} variant of its {name} tower (it has: {have or 'none'}); "
-                f"pass variant= one of those or export it with `crossmodal export ... --targets {variant}`"
-            )
-        manifest = read_manifest(tower_dir)
-        if manifest.tower != name:
-            raise ArtifactError(f"{tower_dir}/manifest.json describes a {manifest.tower} tower, expected {name}")
-        _check_space(bundle.name, bundle.space, bundle.dim, manifest, tower_dir)
-        model = tower_dir / manifest.model_file
-        if not model.is_file():
-            raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
-        if variant == "gpu-trt-fp16" and not providers:
-            # Engines run on TensorRT's own runtime (see crossmodal.gpu), not through onnxruntime.
-            from .gpu import open_trt_session
-
-            session = open_trt_session(tower_dir, manifest, allow_cpu_fallback=allow_cpu_fallback, threads=threads)
-        else:
-            session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
-            if variant == "gpu-fp16":
-                from .gpu import wrap_session
-
-                session = wrap_session(session, variant)  # IO binding when CUDA really runs it
+        tower_dir, manifest, session = open_tower(root, bundle, name, variant, threads=threads,
+                                                  allow_cpu_fallback=allow_cpu_fallback, providers=providers)
         cls = ImageTower if name == "image" else TextTower
         towers[name] = cls(tower_dir, manifest, session)
     return Encoder(bundle, variant, towers.get("image"), towers.get("text"))  # type: ignore[arg-type]
+
+
+def open_tower(
+    root: Path,
+    bundle: BundleInfo,
+    name: str,
+    variant: str,
+    *,
+    threads: int | None = None,
+    allow_cpu_fallback: bool = False,
+    providers: Sequence[str] | None = None,
+) -> tuple[Path, TowerManifest, Any]:
+    """Validate one tower of a bundle (folder, manifest, space) and open its session.
+
+    Returns ``(tower_dir, manifest, session)``. Shared by :func:`load` and
+    :class:`crossmodal.rerank.Reranker` (which opens the ``rerank`` tower too).
+    """
+    folder = bundle.towers[name]
+    tower_dir = root / folder / variant
+    if not tower_dir.is_dir():
+        have = available_variants(root, folder)
+        raise ArtifactError(
+            f"bundle {root} has no {variant!r} variant of its {name} tower (it has: {have or 'none'}); "
+            f"pass variant= one of those or export it with `crossmodal export ... --targets {variant}`"
+        )
+    manifest = read_manifest(tower_dir)
+    if manifest.tower != name:
+        raise ArtifactError(f"{tower_dir}/manifest.json describes a {manifest.tower} tower, expected {name}")
+    _check_space(bundle.name, bundle.space, bundle.dim, manifest, tower_dir)
+    model = tower_dir / manifest.model_file
+    if not model.is_file():
+        raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
+    if variant == "gpu-trt-fp16" and not providers:
+        # Engines run on TensorRT's own runtime (see crossmodal.gpu), not through onnxruntime.
+        from .gpu import open_trt_session
+
+        session = open_trt_session(tower_dir, manifest, allow_cpu_fallback=allow_cpu_fallback, threads=threads)
+    else:
+        session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+        if variant == "gpu-fp16":
+            from .gpu import wrap_session
+
+            session = wrap_session(session, variant)  # IO binding when CUDA really runs it
+    return tower_dir, manifest, session

@@ -47,6 +47,22 @@ class Tower:
         out = self.session.run([self._output], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Every output the manifest declares; the embedding is the first."""
+        return tuple(o.name for o in self.manifest.outputs)
+
+    def run_outputs(self, feeds: dict[str, NDArray], names: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        """Run the graph once and fetch the named outputs (e.g. ALBEF's ``token_states`` for the re-ranker)."""
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise ArtifactError(
+                f"{self.path}: the graph has no output {missing[0]!r} (outputs: {list(self.output_names)}); "
+                "re-export the bundle with an exporter that writes it"
+            )
+        outs = self.session.run(list(names), feeds)
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs)}
+
 
 class ImageTower(Tower):
     """Images (paths, bytes, PIL images, uint8 arrays) -> L2-normalised embeddings."""
@@ -80,13 +96,17 @@ class ImageTower(Tower):
         except ImageInputError as exc:
             raise ImageInputError(f"image #{i}: {exc}") from exc
 
-    def run_pixels(self, pixel_values: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Embed already preprocessed pixels of shape (n, 3, S, S)."""
+    def pixel_feed(self, pixel_values: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """The graph's feed for already preprocessed pixels of shape (n, 3, S, S), shape-checked."""
         s = self.input_size
         arr = np.asarray(pixel_values)
         if arr.ndim != 4 or arr.shape[1:] != (3, s, s):
             raise InputError(f"pixel_values must have shape (n, 3, {s}, {s}), got {arr.shape}")
-        return self.run({self.manifest.inputs[0].name: np.ascontiguousarray(arr, dtype=np.float32)})
+        return {self.manifest.inputs[0].name: np.ascontiguousarray(arr, dtype=np.float32)}
+
+    def run_pixels(self, pixel_values: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Embed already preprocessed pixels of shape (n, 3, S, S)."""
+        return self.run(self.pixel_feed(pixel_values))
 
     def encode(self, images: Sequence["ImageSource"], batch_size: int = 16) -> NDArray[np.float32]:
         """Embed images in batches of ``batch_size``; the next batch decodes while the model runs."""
