@@ -115,26 +115,41 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError('give a query text or --image PATH (exactly one), e.g. crossmodal search INDEX "a dog" -k 5')
     if args.k <= 0:
         raise InputError(f"-k must be a positive integer, got {args.k}.")
+    if args.rerank is not None and (args.image is not None or args.rerank < args.k):
+        raise InputError(f"--rerank R re-scores the top R hits of a text query: give a query text and R >= -k ({args.k}).")
     idx = Index.open(args.index, read_only=True)
     try:
         bundle = _recorded_bundle(idx, args.bundle)
         modality = "text" if args.query is not None else "image"
-        enc = _load_encoder(bundle, args.variant or idx.info.get("variant"), modality, args.threads)
-        if args.query is not None:
+        variant = args.variant or idx.info.get("variant")
+        if args.rerank is not None:
+            from .rerank import Reranker
+
+            # The re-ranker's own text tower encodes the query too: one load, no second copy.
+            reranker = Reranker.load(bundle, variant=variant or "cpu-fp32", threads=args.threads)
+            hits = idx.search_text(reranker.encoder, args.query, args.k, tower=args.target, exact=args.exact,
+                                   rerank=args.rerank, reranker=reranker)
+        elif args.query is not None:
+            enc = _load_encoder(bundle, variant, modality, args.threads)
             hits = idx.search_text(enc, args.query, args.k, tower=args.target, exact=args.exact)
         else:
+            enc = _load_encoder(bundle, variant, modality, args.threads)
             hits = idx.search_image(enc, str(args.image), args.k, tower=args.target, exact=args.exact)
     finally:
         idx.close()
     rows = [{"rank": i + 1, "score": round(h.score, 6), "key": h.key, "path": h.path, "caption": h.caption}
             for i, h in enumerate(hits)]  # type: ignore[union-attr]
+    if args.rerank is not None:
+        for r, h in zip(rows, hits):  # None: the file could not be read, the hit kept its embedding rank
+            r["itm_score"] = None if h.itm_score is None else round(h.itm_score, 6)  # type: ignore[union-attr]
     if args.json:
         json.dump({"index": str(args.index), "query": args.query, "image": None if args.image is None else str(args.image),
-                   "target": args.target, "k": args.k, "results": rows}, sys.stdout)
+                   "target": args.target, "k": args.k, "rerank": args.rerank, "results": rows}, sys.stdout)
         sys.stdout.write("\n")
     else:
         for r in rows:
-            print(f"{r['rank']:>3}  {r['score']:.4f}  {r['path'] or '-'}" + (f"  {r['caption']}" if r["caption"] else ""))
+            itm = "" if args.rerank is None else ("   (unread)" if r["itm_score"] is None else f"  {r['itm_score']:+.4f}")
+            print(f"{r['rank']:>3}{itm}  {r['score']:.4f}  {r['path'] or '-'}" + (f"  {r['caption']}" if r["caption"] else ""))
         if not rows:
             print("(the index is empty)")
     return 0
@@ -198,6 +213,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--target", choices=TOWERS, default="image",
                    help="search images (default) or the embedded captions (image -> text)")
     s.add_argument("--exact", action="store_true", help="brute-force search instead of HNSW")
+    s.add_argument("--rerank", type=int, metavar="R",
+                   help="re-score the top R (>= k) hits with the bundle's ITM re-ranker (ALBEF) and order by it")
     s.add_argument("--bundle", type=Path, help="bundle to encode the query (default: the one recorded at build)")
     s.add_argument("--variant")
     s.add_argument("--threads", type=int)

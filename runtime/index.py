@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from usearch.index import Index as _UIndex
 
     from .manifest import BundleInfo
+    from .rerank import Reranker
 
 __all__ = [
     "Index", "SearchResult", "ItemRecord", "RecallReport", "bench_recall", "content_key", "text_key",
@@ -94,13 +95,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One hit. ``score`` is the cosine similarity (``metric='cos'``) or inner product (``'ip'``)."""
+    """One hit. ``score`` is the cosine similarity (``metric='cos'``) or inner product (``'ip'``).
+
+    ``itm_score`` is set on hits re-scored by a re-ranker (``search_text(..., rerank=R)``):
+    the ITM match logit the hits are then ordered by; None otherwise.
+    """
 
     key: int
     score: float
     path: str | None
     caption: str | None
     tower: str = "image"
+    itm_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -536,11 +542,28 @@ class Index:
                 "same space, or rebuild the index with `crossmodal index build`.")
 
     def search_text(self, encoder: Any, texts: Sequence[str] | str, k: int = 10, *, tower: str = "image",
-                    exact: bool = False) -> list[SearchResult] | list[list[SearchResult]]:
-        """Encode ``texts`` with ``encoder`` and search ``tower`` (text -> image by default)."""
+                    exact: bool = False, rerank: int | None = None,
+                    reranker: "Reranker | None" = None) -> list[SearchResult] | list[list[SearchResult]]:
+        """Encode ``texts`` with ``encoder`` and search ``tower`` (text -> image by default).
+
+        With ``rerank=R`` (>= k) and a :class:`~crossmodal.rerank.Reranker` of the
+        index's bundle, the top ``R`` embedding hits are re-scored from their image
+        files and the best ``k`` by ITM score are returned (``itm_score`` set,
+        ``score`` still the cosine). Unreadable files keep their embedding rank
+        with ``itm_score=None``; see :mod:`crossmodal.index_rerank`.
+        """
+        from .index_rerank import check_rerank_args, rerank_hits
+
+        check_rerank_args(self.space, k, rerank, reranker, tower)
         self.check_encoder(encoder)
         vecs = encoder.encode_text(texts)
-        return self.search(vecs[0] if isinstance(texts, str) else vecs, k, tower=tower, exact=exact)
+        if rerank is None:
+            return self.search(vecs[0] if isinstance(texts, str) else vecs, k, tower=tower, exact=exact)
+        assert reranker is not None  # checked above
+        queries = [texts] if isinstance(texts, str) else list(texts)
+        hits = self.search(vecs, int(rerank), tower=tower, exact=exact)
+        out = [rerank_hits(h, q, reranker, int(k)) for h, q in zip(hits, queries)]  # type: ignore[arg-type]
+        return out[0] if isinstance(texts, str) else out
 
     def search_image(self, encoder: Any, images: Any, k: int = 10, *, tower: str = "image",
                      exact: bool = False) -> list[SearchResult] | list[list[SearchResult]]:

