@@ -66,7 +66,10 @@ def test_int8_auto_records_every_trial(text_spec, tmp_path: Path) -> None:
     spec, reference = text_spec
     raw = _export(spec, tmp_path / "raw.onnx")
     q = quantize_int8(raw, tmp_path, "text", "auto", reference, spec.parity_inputs, [], spec.parity_inputs[0], min_cosine=0.99)
-    assert {t["recipe"] for t in q.trials} == {"nbits8", "dynamic"}
+    from crossmodal.export.quantize import AUTO_CANDIDATES
+
+    tried = {t["recipe"] for t in q.trials}
+    assert {"nbits8", "dynamic"} <= tried <= set(AUTO_CANDIDATES["text"])
     assert q.parity.min_cosine >= 0.99
     passing = [t for t in q.trials if "rejected" not in t]
     assert q.recipe == min(passing, key=lambda t: t["ms"])["recipe"]
