@@ -199,7 +199,8 @@ def job_text_query(job: dict[str, Any]) -> dict[str, Any]:
             return eng.enc.encode_text([q])
 
     # Imported only after the engine: usearch 2.26 loaded before onnxruntime 1.32
-    # makes `import onnxruntime` segfault (a native library clash).
+    # makes `import onnxruntime` segfault (crossmodal.native_imports); a torch
+    # worker never imports onnxruntime at all.
     from usearch.index import Index
 
     cases: dict[str, Any] = {}
