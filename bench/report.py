@@ -90,11 +90,13 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{_ms(r.get('p99_ms'))} | {_f(r.get('items_per_s'), '{:.1f}')} | {_x(r, TORCH_FP32)} | "
                              f"{_x(r, TORCH_BF16)} | {_fid(r)} |{extra}")
         elif sc == "b":
-            lines += ["| case | engine | images/s | p50 ms per pass | vs PyTorch pipeline | fidelity min / mean cos |",
-                      "|---|---|---:|---:|---:|---|"]
+            lines += ["| case | engine | images/s | p50 ms per pass | vs PyTorch pipeline | fidelity min / mean cos | vs exact decode min / mean cos |",
+                      "|---|---|---:|---:|---:|---|---|"]
             for r in part:
+                fx = r.get("fidelity_vs_exact_decode")
                 lines.append(f"| {r['images']} x {r.get('photo_size', '')}, batch {r['batch']} | {r['engine']} | "
-                             f"{_f(r.get('items_per_s'), '{:.2f}')} | {_ms(r.get('p50_ms'))} | {_x(r, TORCH_FP32)} | {_fid(r)} |")
+                             f"{_f(r.get('items_per_s'), '{:.2f}')} | {_ms(r.get('p50_ms'))} | {_x(r, TORCH_FP32)} | {_fid(r)} | "
+                             + (f"{fx['min_cos']:.5f} / {fx['mean_cos']:.5f} |" if fx else "- |"))
         elif sc == "d":
             lines += ["| engine | first embedding (s) | per process (s) | speedup | fidelity min / mean cos |", "|---|---:|---|---:|---|"]
             for r in part:
@@ -196,9 +198,9 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
 def speedup_rows(result: dict[str, Any], engine: str = "crossmodal-cpu-int8") -> list[dict[str, Any]]:
     out = []
     for r in result["rows"]:
-        if r["engine"] != engine or r["scenario"] not in "abcd":
+        if r["engine"] not in (engine, engine + "+fast-decode") or r["scenario"] not in "abcd":
             continue
-        label = {"a": _case_label(r), "b": "images e2e (JPEG)", "c": f"text query, N={r.get('n', 0):,}",
+        label = {"a": _case_label(r), "b": "images e2e (JPEG" + (", fast decode)" if "fast-decode" in r["engine"] else ")"), "c": f"text query, N={r.get('n', 0):,}",
                  "d": "cold start"}[r["scenario"]]
         fid = r.get("fidelity")
         if fid:  # the speed figure carries its fidelity figure, in the plot too
