@@ -366,7 +366,11 @@ def test_end_to_end_build_kill_resume_search(tiny_clip_bundle: Path, tmp_path: P
     res = _cli("search", str(out), "a red square", "-k", "5", "--json")
     assert res.returncode == 0, res.stderr
     hits = json.loads(res.stdout)["results"]
-    assert [h["path"] for h in hits] == truth
+    # near-ties (within float noise of batch composition) may swap places: compare scores
+    # of the paths returned, and the ranked scores, instead of the exact path order
+    score_of = dict(zip(paths, (vecs @ q).tolist()))
+    assert len(hits) == len(truth) and all(h["path"] in score_of for h in hits)
+    np.testing.assert_allclose([h["score"] for h in hits], [score_of[h["path"]] for h in hits], atol=1e-4)
     np.testing.assert_allclose([h["score"] for h in hits], np.sort(vecs @ q)[::-1][:5], atol=1e-4)
     img = _cli("search", str(out), "--image", str(folder.good[5]), "-k", "1", "--json")
     top = json.loads(img.stdout)["results"][0]
