@@ -173,3 +173,20 @@ def test_albef_towers_and_reranker_get_gpu_fp16_through_the_pipeline(tmp_path: P
     for tower in ("image", "text"):
         states = read_manifest(bundle / tower / "gpu-fp16").extra["fp16"]["other_outputs_parity"]["token_states"]
         assert states["min_cosine"] >= 0.999 and states["rows"] >= 4
+
+
+@pytest.mark.parametrize("fmt", ["sentence-transformers", "m-clip"])
+def test_mbert_text_tower_gets_gpu_fp16_through_the_pipeline(fmt: str, tmp_path: Path) -> None:
+    """The multilingual family (both source formats) gets fp16 from the shared pipeline too."""
+    from helpers.mbert_models import write_tiny_mclip, write_tiny_st_mbert
+
+    from crossmodal.export.mbert import export_mbert
+
+    src = (write_tiny_st_mbert if fmt == "sentence-transformers" else write_tiny_mclip)(tmp_path / "src")
+    bundle = export_mbert(str(src), tmp_path / "mbert", "cpu-fp32,gpu-fp16", optimize=False)
+    m = read_manifest(bundle / "text" / "gpu-fp16")
+    assert m.precision == "fp16" and 0.999 <= m.parity["min_cosine"] <= 1.0 + 1e-9
+    assert 0 < m.parity["max_abs"] < 5e-3
+    fp32 = crossmodal.load(bundle, variant="cpu-fp32").encode_text(["zwei Hunde im Schnee", "雪中的两只狗"])
+    fp16 = crossmodal.load(bundle, variant="gpu-fp16", allow_cpu_fallback=True).encode_text(["zwei Hunde im Schnee", "雪中的两只狗"])
+    assert np.sum(fp32 * fp16, axis=1).min() >= 0.999
