@@ -67,11 +67,13 @@ class Tower:
 class ImageTower(Tower):
     """Images (paths, bytes, PIL images, uint8 arrays) -> L2-normalised embeddings."""
 
-    def __init__(self, path: Path, manifest: TowerManifest, session: Any, *, workers: int = 2):
+    def __init__(self, path: Path, manifest: TowerManifest, session: Any, *, workers: int = 2,
+                 fast_decode: bool = False):
         super().__init__(path, manifest, session)
         assert manifest.preprocess is not None  # validated by TowerManifest
         self.preprocess_config = manifest.preprocess
         self.workers = max(1, workers)
+        self.fast_decode = fast_decode
 
     @property
     def input_size(self) -> int:
@@ -81,7 +83,7 @@ class ImageTower(Tower):
         """Decode and preprocess one image to (3, S, S) float32."""
         from .image import preprocess_one
 
-        return preprocess_one(source, self.preprocess_config)
+        return preprocess_one(source, self.preprocess_config, fast_decode=self.fast_decode)
 
     def preprocess(self, sources: Sequence["ImageSource"]) -> NDArray[np.float32]:
         """Decode and preprocess a batch (in worker threads: PIL releases the GIL)."""

@@ -181,3 +181,19 @@ def test_verify_passes_and_detects_tampering(tiny_clip_bundle: Path, tmp_path: P
         f.write(b"\0")
     bad = [r for r in verify_bundle(copy) if not r.ok]
     assert [(r.tower, r.variant) for r in bad] == [("text", "cpu-fp32")] and "sha256" in bad[0].detail
+
+
+def test_fast_decode_is_opt_in_and_close_to_exact(tiny_clip_bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    # a smooth large photo-like image: reduced-DCT decoding only applies to big JPEGs
+    base = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(base).resize((1600, 1200), Image.BICUBIC).save(photo, quality=92)
+    exact = crossmodal.load(tiny_clip_bundle, modality="image")
+    fast = crossmodal.load(tiny_clip_bundle, modality="image", fast_decode=True)
+    assert exact.image is not None and exact.image.fast_decode is False
+    a, b = exact.encode_image([photo]), fast.encode_image([photo])
+    assert not np.array_equal(a, b)  # the reduced decode really ran
+    assert float(np.sum(a * b)) >= 0.999
