@@ -108,6 +108,27 @@ def _with_shapes(src: Path, dst: Path) -> Path:
         return src
 
 
+def _drop_inferred_shapes(dst: Path, like: Path) -> None:
+    """Remove what symbolic inference baked into a quantised graph.
+
+    With ``auto_merge`` the inference may unify independent dynamic axes (the
+    ALBEF re-ranker's text and image batch became one), and the quantiser copies
+    those merged shapes into its output, which then fails at run time when the
+    two batches differ. The quantised graph keeps no intermediate shapes and
+    takes its input/output types from the unshaped source.
+    """
+    import onnx
+
+    model = onnx.load(str(dst))
+    source = onnx.load(str(like), load_external_data=False)
+    del model.graph.value_info[:]
+    io = {v.name: v for v in list(source.graph.input) + list(source.graph.output)}
+    for v in list(model.graph.input) + list(model.graph.output):
+        if v.name in io:
+            v.type.CopyFrom(io[v.name].type)
+    onnx.save(model, str(dst))
+
+
 def regime_feed(tower: str, feeds: Sequence[Mapping[str, NDArray]], timing_feed: Mapping[str, NDArray]) -> dict[str, NDArray]:
     """The input a tower's recipe is timed on: image -> batch 16; text -> the shortest single query."""
     if tower == "image":
@@ -228,8 +249,13 @@ def quantize_int8(
                 base = FUSED_RECIPES[name]
                 settings = {**_BUILDERS[base](fused_shaped if base in needs_shapes else fused, dst, calibration or feeds),
                             "graph": "after the fp32 graph rewrites that kept parity (optimize.py)"}
+                source = fused
             else:
-                settings = _BUILDERS[name](shaped if name in ("dynamic", "qdq") else fp32, dst, calibration or feeds)
+                base = name
+                settings = _BUILDERS[name](shaped if name in needs_shapes else fp32, dst, calibration or feeds)
+                source = fp32
+            if base in needs_shapes:
+                _drop_inferred_shapes(dst, source)
         except Exception as exc:  # one recipe failing on an op set must not stop the others
             trials.append({"recipe": name, "rejected": f"quantiser failed: {exc!r}"})
             continue

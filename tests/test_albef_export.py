@@ -109,16 +109,9 @@ def _check_caption_broadcast(bundle: Path, variant: str, golden) -> None:
 
 
 def test_int8_rerank_caption_broadcast(bundle: Path, golden) -> None:
-    try:
-        _check_caption_broadcast(bundle, "cpu-int8", golden)
-    except Exception as exc:  # onnxruntime raises its own untyped error
-        recipe = read_manifest(bundle / "rerank" / "cpu-int8").quantization["recipe"]
-        if recipe in ("dynamic", "qdq") and "Shape mismatch" in str(exc):
-            # Known bug, outside the ALBEF code: export/quantize.py runs SymbolicShapeInference(auto_merge=True)
-            # before these quantisers; it merges the text_batch and image_batch axes and the int8 graph keeps the
-            # merged shapes. crossmodal.Reranker never feeds this shape (it tiles a single caption instead).
-            pytest.xfail(f"int8 re-ranker ({recipe}) cannot broadcast one caption: {str(exc)[:120]}")
-        raise
+    # Regression: symbolic shape inference (auto_merge) used to merge the text and image
+    # batch axes of the re-ranker, and the dynamic/qdq int8 graphs kept the merged shapes.
+    _check_caption_broadcast(bundle, "cpu-int8", golden)
 
 
 def test_manifests_describe_albef(bundle: Path) -> None:
