@@ -24,7 +24,6 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 T_IMPORT = time.time()
