@@ -74,29 +74,39 @@ class ImageTower(Tower):
         self.preprocess_config = manifest.preprocess
         self.workers = max(1, workers)
         self.fast_decode = fast_decode
+        self._pool: ThreadPoolExecutor | None = None  # decode threads, see _decode_pool
 
     @property
     def input_size(self) -> int:
         return self.preprocess_config.output_size
 
-    def preprocess_one(self, source: "ImageSource") -> NDArray[np.float32]:
-        """Decode and preprocess one image to (3, S, S) float32."""
+    def preprocess_one(self, source: "ImageSource", *, index: int | None = None) -> NDArray[np.float32]:
+        """Decode and preprocess one image to (3, S, S) float32; ``index`` labels it in errors."""
         from .image import preprocess_one
 
-        return preprocess_one(source, self.preprocess_config, fast_decode=self.fast_decode)
+        name = None if index is None else f"image #{index}"
+        return preprocess_one(source, self.preprocess_config, name=name, fast_decode=self.fast_decode)
 
-    def preprocess(self, sources: Sequence["ImageSource"]) -> NDArray[np.float32]:
-        """Decode and preprocess a batch (in worker threads: PIL releases the GIL)."""
-        if len(sources) <= 1 or self.workers == 1:
-            return np.stack([self.preprocess_one(s) for s in sources]) if sources else np.zeros((0, 3, self.input_size, self.input_size), np.float32)
-        with ThreadPoolExecutor(self.workers) as pool:
-            return np.stack(list(pool.map(self._preprocess_indexed, range(len(sources)), sources)))
+    def preprocess(self, sources: Sequence["ImageSource"], *, offset: int = 0) -> NDArray[np.float32]:
+        """Decode and preprocess a batch in worker threads (PIL releases the GIL).
 
-    def _preprocess_indexed(self, i: int, source: "ImageSource") -> NDArray[np.float32]:
-        try:
-            return self.preprocess_one(source)
-        except ImageInputError as exc:
-            raise ImageInputError(f"image #{i}: {exc}") from exc
+        ``offset`` is the position of ``sources[0]`` in the caller's list, so an
+        error names the image by its position there.
+        """
+        if len(sources) == 0:
+            return np.zeros((0, 3, self.input_size, self.input_size), np.float32)
+        indices = range(offset, offset + len(sources))
+        if len(sources) == 1 or self.workers == 1:
+            return np.stack([self.preprocess_one(s, index=i) for s, i in zip(sources, indices)])
+        pool = self._decode_pool()
+        return np.stack(list(pool.map(lambda s, i: self.preprocess_one(s, index=i), sources, indices)))
+
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        # One pool per tower, created on first use and kept for its lifetime:
+        # starting threads per batch cost more than decoding a small image.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="crossmodal-decode")
+        return self._pool
 
     def pixel_feed(self, pixel_values: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """The graph's feed for already preprocessed pixels of shape (n, 3, S, S), shape-checked."""
@@ -116,26 +126,19 @@ class ImageTower(Tower):
         if len(images) == 0:
             raise ImageInputError("encode_image got an empty list of images; pass at least one image")
         chunks = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        if len(chunks) == 1:
+            return self.run_pixels(self.preprocess(chunks[0]))
         outs: list[NDArray[np.float32]] = []
-        with ThreadPoolExecutor(1) as prefetch:
-            pending = prefetch.submit(self._preprocess_offset, chunks[0], 0) if chunks else None
+        # The next batch decodes in one prefetch thread (itself using the decode
+        # pool) while the model runs on the current one.
+        with ThreadPoolExecutor(1, thread_name_prefix="crossmodal-prefetch") as prefetch:
+            pending = prefetch.submit(self.preprocess, chunks[0], offset=0)
             for k in range(len(chunks)):
-                assert pending is not None
                 pixels = pending.result()
                 if k + 1 < len(chunks):
-                    pending = prefetch.submit(self._preprocess_offset, chunks[k + 1], (k + 1) * batch_size)
+                    pending = prefetch.submit(self.preprocess, chunks[k + 1], offset=(k + 1) * batch_size)
                 outs.append(self.run_pixels(pixels))
         return np.concatenate(outs)
-
-    def _preprocess_offset(self, chunk: Sequence["ImageSource"], offset: int) -> NDArray[np.float32]:
-        try:
-            return self.preprocess(chunk)
-        except ImageInputError as exc:
-            msg = str(exc)
-            if msg.startswith("image #") and offset:
-                num, rest = msg[len("image #"):].split(":", 1)
-                raise ImageInputError(f"image #{int(num) + offset}:{rest}") from exc
-            raise
 
 
 class TextTower(Tower):
