@@ -135,6 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             enc = _load_encoder(bundle, variant, modality, args.threads)
             hits = idx.search_image(enc, str(args.image), args.k, tower=args.target, exact=args.exact)
+        searched = "exact" if (args.exact if args.exact is not None else idx.uses_exact(args.target)) else "hnsw"
     finally:
         idx.close()
     rows = [{"rank": i + 1, "score": round(h.score, 6), "key": h.key, "path": h.path, "caption": h.caption}
@@ -144,7 +145,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             r["itm_score"] = None if h.itm_score is None else round(h.itm_score, 6)  # type: ignore[union-attr]
     if args.json:
         json.dump({"index": str(args.index), "query": args.query, "image": None if args.image is None else str(args.image),
-                   "target": args.target, "k": args.k, "rerank": args.rerank, "results": rows}, sys.stdout)
+                   "target": args.target, "k": args.k, "rerank": args.rerank, "search": searched,
+                   "results": rows}, sys.stdout)
         sys.stdout.write("\n")
     else:
         for r in rows:
@@ -212,7 +214,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("-k", "--k", type=int, default=5, help="number of results (default 5)")
     s.add_argument("--target", choices=TOWERS, default="image",
                    help="search images (default) or the embedded captions (image -> text)")
-    s.add_argument("--exact", action="store_true", help="brute-force search instead of HNSW")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--exact", dest="exact", action="store_const", const=True, default=None,
+                      help="scan every vector (default while the index is below its exact threshold)")
+    mode.add_argument("--hnsw", dest="exact", action="store_const", const=False,
+                      help="walk the HNSW graph even for a small index")
     s.add_argument("--rerank", type=int, metavar="R",
                    help="re-score the top R (>= k) hits with the bundle's ITM re-ranker (ALBEF) and order by it")
     s.add_argument("--bundle", type=Path, help="bundle to encode the query (default: the one recorded at build)")

@@ -53,6 +53,7 @@ from numpy.typing import ArrayLike, NDArray
 from .durable_files import FileLock, atomic_write_bytes, file_digest, fsync_dir, fsync_file
 from .errors import IncompatibleTowersError, IndexStoreError, InputError
 from .index_bench import RecallReport, bench_recall
+from .index_exact import EXACT_SCAN_BUDGET, ExactMatrix, default_exact_threshold
 from .index_format import (
     DEFAULT_CONNECTIVITY,
     DEFAULT_EXPANSION_ADD,
@@ -89,7 +90,7 @@ __all__ = [
     "Index", "SearchResult", "ItemRecord", "RecallReport", "bench_recall", "content_key", "text_key",
     "key_from_sha256", "vectors_file", "FORMAT_VERSION", "HEADER_FILE", "META_FILE", "LOCK_FILE",
     "WRITER_LOCK_FILE", "METRICS", "DTYPES", "TOWERS", "KEY_MASK", "DEFAULT_CONNECTIVITY",
-    "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH",
+    "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "EXACT_SCAN_BUDGET", "default_exact_threshold",
 ]
 
 
@@ -143,6 +144,10 @@ class Index:
         self._closed = False
         self.repairs: list[str] = []
         self._ef: int | None = None
+        self._exact_threshold: int | None = None
+        # Per-tower float32 copies for brute-force search (runtime/index_exact.py), built on
+        # the first exact search of an f32 index and kept in step by add/remove.
+        self._exact: dict[str, ExactMatrix] = {}
         # Tests set this to observe (and kill the process at) each step of add/save.
         self._hook: Callable[[str], None] | None = None
 
@@ -270,6 +275,27 @@ class Index:
             graph.expansion_search = value
 
     @property
+    def exact_threshold(self) -> int:
+        """Towers with at most this many vectors are searched exactly by default (``exact=None``).
+
+        Defaults to :func:`~crossmodal.index_exact.default_exact_threshold` of the dim
+        (131,072 vectors at dim 512): below it a brute-force scan is both exact and about as
+        fast as the graph. Set it (0 = always HNSW) for this instance only; not persisted.
+        """
+        return self._exact_threshold if self._exact_threshold is not None else default_exact_threshold(self.dim)
+
+    @exact_threshold.setter
+    def exact_threshold(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"exact_threshold must be an int >= 0, got {value!r}.")
+        self._exact_threshold = value
+
+    def uses_exact(self, tower: str = "image") -> bool:
+        """Whether a search of ``tower`` with ``exact=None`` (the default) scans every vector."""
+        check_setting("tower", tower, TOWERS)
+        return len(self._graphs[tower]) <= self.exact_threshold
+
+    @property
     def root(self) -> str | None:
         """Folder that item paths are relative to (None: paths are stored as given)."""
         return self._state.get("root")
@@ -324,6 +350,7 @@ class Index:
     def _load(self, *, repair: bool, verify: bool) -> None:
         rec = recover(self._path, self._meta, read_only=self._read_only, repair=repair, verify=verify)
         self._state, self._graphs = rec.state, rec.graphs
+        self._exact.clear()
         self._dirty |= rec.dirty
         self.repairs.extend(rec.repairs)
         if self._read_only:
@@ -383,6 +410,8 @@ class Index:
         self._meta.add_items(rows, jrows, before_commit=lambda: self._run_hook("add:journaled"))
         karr = np.asarray(new_keys, dtype=np.uint64)
         graph.add(karr, mat[new_idx])
+        if tower in self._exact:
+            self._exact[tower].add(karr, mat[new_idx])
         self._dirty.add(tower)
         return karr
 
@@ -396,6 +425,8 @@ class Index:
             return 0
         self._meta.delete_items(tower, present)
         graph.remove(np.asarray(present, dtype=np.uint64))
+        if tower in self._exact:
+            self._exact[tower].remove(present)
         self._dirty.add(tower)
         return len(present)
 
@@ -491,16 +522,20 @@ class Index:
         recs = (self._record(row) for row in self._meta.rows_for_keys(tower, keys))
         return {rec.key: rec for rec in recs}
     def search(self, vectors: ArrayLike, k: int = 10, *, tower: str = "image",
-               exact: bool = False) -> list[SearchResult] | list[list[SearchResult]]:
+               exact: bool | None = None) -> list[SearchResult] | list[list[SearchResult]]:
         """Top-``k`` items of ``tower`` for one query vector (-> list) or a batch (-> list of lists).
 
         ``k`` larger than the index returns every item; ``k <= 0`` is an error.
-        ``exact=True`` scans every vector (brute force) instead of walking the HNSW graph.
+        ``exact``: True scans every vector (brute force), False walks the HNSW graph, None
+        (default) scans while the tower holds at most :attr:`exact_threshold` vectors and
+        walks the graph above that. Scores are the same either way (cosine or inner product).
         """
         if self._closed:
             raise IndexStoreError(f"index {self._path} is closed.")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise InputError(f"k must be a positive integer, got {k!r}.")
+        if exact is not None and not isinstance(exact, bool):
+            raise InputError(f"exact must be True, False or None (automatic), got {exact!r}.")
         check_setting("tower", tower, TOWERS)
         mat, single = as_matrix(vectors, self.dim, "query vectors")
         graph = self._graphs[tower]
@@ -508,13 +543,9 @@ class Index:
         if n == 0 or len(mat) == 0:
             empty: list[list[SearchResult]] = [[] for _ in range(len(mat))]
             return empty[0] if single else empty
-        kk = min(int(k), n)
-        matches = graph.search(mat, kk, exact=exact)
-        keys = np.asarray(matches.keys).reshape(len(mat), -1)
-        dists = np.asarray(matches.distances).reshape(len(mat), -1)
-        # usearch answers a one-row batch with a plain Matches (no counts): every slot is filled.
-        counts = (np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts")
-                  else np.full(len(mat), keys.shape[1]))
+        if exact is None:
+            exact = n <= self.exact_threshold
+        keys, scores, counts = self._top_k(tower, mat, min(int(k), n), exact)
         wanted = sorted({int(keys[i, j]) for i in range(len(mat)) for j in range(int(counts[i]))})
         recs = self._records(tower, wanted)
         out: list[list[SearchResult]] = []
@@ -524,10 +555,28 @@ class Index:
                 rec = recs.get(int(keys[i, j]))
                 if rec is None:
                     continue  # removed by the writer after this reader opened
-                row.append(SearchResult(key=rec.key, score=float(1.0 - dists[i, j]), path=rec.path,
+                row.append(SearchResult(key=rec.key, score=float(scores[i, j]), path=rec.path,
                                         caption=rec.caption, tower=tower))
             out.append(row)
         return out[0] if single else out
+
+    def _top_k(self, tower: str, mat: NDArray[np.float32], k: int,
+               exact: bool) -> tuple[NDArray[np.uint64], NDArray[np.float32], NDArray[np.int64]]:
+        """``(keys, scores, counts)``: row i holds ``counts[i]`` valid hits, best first."""
+        graph = self._graphs[tower]
+        if exact and self.dtype == "f32":
+            table = self._exact.get(tower)
+            if table is None:
+                table = self._exact[tower] = ExactMatrix.from_graph(graph, self.dim, self.metric == "cos")
+            keys, scores = table.search(mat, k)
+            return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
+        matches = graph.search(mat, k, exact=exact)
+        keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(mat), -1)
+        dists = np.asarray(matches.distances, dtype=np.float32).reshape(len(mat), -1)
+        # usearch answers a one-row batch with a plain Matches (no counts): every slot is filled.
+        counts = (np.asarray(matches.counts, dtype=np.int64).reshape(-1) if hasattr(matches, "counts")
+                  else np.full(len(mat), keys.shape[1], dtype=np.int64))
+        return keys, 1.0 - dists, counts
 
     def check_encoder(self, encoder: Any) -> None:
         """Raise IncompatibleTowersError unless ``encoder`` embeds into this index's space and dim."""
@@ -542,7 +591,7 @@ class Index:
                 "same space, or rebuild the index with `crossmodal index build`.")
 
     def search_text(self, encoder: Any, texts: Sequence[str] | str, k: int = 10, *, tower: str = "image",
-                    exact: bool = False, rerank: int | None = None,
+                    exact: bool | None = None, rerank: int | None = None,
                     reranker: "Reranker | None" = None) -> list[SearchResult] | list[list[SearchResult]]:
         """Encode ``texts`` with ``encoder`` and search ``tower`` (text -> image by default).
 
@@ -566,7 +615,7 @@ class Index:
         return out[0] if isinstance(texts, str) else out
 
     def search_image(self, encoder: Any, images: Any, k: int = 10, *, tower: str = "image",
-                     exact: bool = False) -> list[SearchResult] | list[list[SearchResult]]:
+                     exact: bool | None = None) -> list[SearchResult] | list[list[SearchResult]]:
         """Encode ``images`` (one source or a list) and search ``tower`` (image -> image by default,
         ``tower='text'`` for image -> caption)."""
         self.check_encoder(encoder)

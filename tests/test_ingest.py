@@ -255,9 +255,16 @@ def test_cli_build_search_add(tmp_path: Path, folder, fake_loader, capsys: pytes
     assert fake_loader[-1] == (str(tmp_path / "bundle"), None, "image")
 
     assert main(["search", str(out), "a red thing", "-k", "3", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)["results"]
-    assert [h["rank"] for h in hits] == [1, 2, 3]
+    answer = json.loads(capsys.readouterr().out)
+    hits = answer["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and answer["search"] == "exact"  # 16 vectors: scanned
     assert {folder.colour_of[Path(h["path"])] for h in hits} == {"red"}
+    assert main(["search", str(out), "a red thing", "-k", "3", "--json", "--hnsw"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["search"] == "hnsw" and [h["key"] for h in answer["results"]] == [h["key"] for h in hits]
+    with pytest.raises(SystemExit):  # argparse: the two modes are mutually exclusive
+        main(["search", str(out), "red", "--exact", "--hnsw"])
+    capsys.readouterr()
     assert fake_loader[-1] == (str(tmp_path / "bundle"), "cpu-fp32", "text")  # bundle + variant recorded at build
 
     query = folder.root / "circle" / "blue_circle.png"
