@@ -6,6 +6,7 @@ Examples::
     crossmodal bench                                    # full-size CLIP ViT-B/32 (random weights), all scenarios
     crossmodal bench --model /models/clip-vit-base-patch32 --scenarios a,b
     crossmodal bench --scenarios g                      # int8 fidelity on trained all-MiniLM-L6-v2
+    crossmodal bench --scenarios h                      # index recall@10 at 100k vectors (HNSW, exact, default)
 
 Every timing runs in fresh worker processes (``crossmodal.bench.worker``),
 torch and onnxruntime never in the same process, engines alternating, with
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 
 from .timing import Budget
 
-ALL_SCENARIOS = "abcdefg"
+ALL_SCENARIOS = "abcdefgh"
 QUICK_SCENARIOS = "abcdef"  # (g) exports a trained model: minutes, not CI
 
 
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in the local cache); default: ViT-B/32 architecture with random weights")
     p.add_argument("--scenarios", default=None,
                    help="letters of the scenarios to run: a towers, b images e2e, c text query, d cold start, "
-                        "e peak RSS (with d), f installed size, g int8 fidelity on trained MiniLM (default: all; --quick: abcdef)")
+                        "e peak RSS (with d), f installed size, g int8 fidelity on trained MiniLM, "
+                        "h index recall at --recall-size vectors (default: all; --quick: abcdef)")
     p.add_argument("--processes", type=int, help="fresh processes per engine and scenario (default 3; --quick 1)")
     p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
     p.add_argument("--image-batches", type=_ints, help="image tower batch sizes (default 1,8,16,32)")
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="measuring time per case and process (default 2)")
     p.add_argument("--minilm", help="sentence-transformers text model for (g) (default: the installed all-MiniLM-L6-v2)")
     p.add_argument("--captions", type=int, default=1010, help="captions for the (g) fidelity check (default 1010)")
+    p.add_argument("--recall-size", type=int, default=100_000,
+                   help="vectors in the (h) recall measurement (default 100000)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (matplotlib not needed)")
     return p
 
@@ -144,6 +148,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         log("scenario (g) int8 fidelity on trained weights ...")
         result["rows"].extend(scenario_fidelity(work, runner, model=args.minilm, n_captions=args.captions,
                                                 quick=quick, log=log))
+    if "h" in letters:
+        from .index_recall import scenario_index_recall
+
+        log("scenario (h) index recall ...")
+        result["rows"].extend(scenario_index_recall(work, n=args.recall_size, quick=quick, log=log))
+        _checkpoint(result, out, t_start, report)
     result["targets"] = evaluate(result)
     result["elapsed_s"] = time.time() - t_start
     result["workers_spawned"] = runner.spawned

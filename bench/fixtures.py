@@ -236,18 +236,13 @@ class VectorIndex:
 INDEX_SETTINGS = {"metric": "cos", "dtype": "i8", "connectivity": 16, "expansion_add": 64, "expansion_search": 64}
 
 
-def random_units(n: int, dim: int, seed: int) -> NDArray[np.float32]:
-    v = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v
-
-
 def build_index(folder: Path, n: int, dim: int, *, recall_queries: int = 200, seed: int = 7) -> VectorIndex:
     """usearch graph over ``n`` random unit vectors (built in chunks to bound memory), cached by size.
 
     Random vectors in 512-d are HNSW's hardest case (no clusters), so the
     recall figure is a lower bound for real embeddings.
     """
+    from crossmodal.index_bench import random_units
     from crossmodal.native_imports import import_usearch
 
     Index = import_usearch().Index  # onnxruntime first: the other order segfaults (see native_imports)

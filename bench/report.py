@@ -21,6 +21,7 @@ SCENARIO_TITLES = {
     "e": "(e) Peak RSS per process (both towers loaded, after a batch of 16 images + 16 texts)",
     "f": "(f) Installed size",
     "g": "(g) int8 fidelity on trained weights",
+    "h": "(h) Index search: recall@10 against a float64 exact scan, and latency (2 cores shared)",
 }
 
 
@@ -73,7 +74,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["Fidelity = min / mean cosine of each embedding to the PyTorch fp32 embedding of the same input "
               "(the inputs that were timed). Latency = median over processes of the per-process median.", ""]
     rows = result["rows"]
-    for sc in "abcdefg":
+    for sc in "abcdefgh":
         part = [r for r in rows if r["scenario"] == sc]
         if not part:
             continue
@@ -117,9 +118,13 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {r['model']} | {r['engine']} | {r.get('recipe', '-')} | {_f(r.get('min_cos'), '{:.5f}')} | "
                              f"{_f(r.get('mean_cos'), '{:.5f}')} | {_f(r.get('top1_agreement'), '{:.3f}')} | {r.get('captions')} | "
                              f"{_ms(r.get('p50_ms'))} |")
+        elif sc == "h":
+            from .index_recall import markdown_rows
+
+            lines += markdown_rows(part)
         lines.append("")
     if result.get("targets"):
-        lines += ["## Targets (issue 7)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += ["## Targets (issues 7 and 5)", "", "| target | measured | met |", "|---|---|---|"]
         for t in result["targets"]:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else '-'} |")
         lines.append("")

@@ -8,8 +8,8 @@ real embeddings instead.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,11 +37,13 @@ class RecallReport:
     hnsw_single_ms: float        # median latency of one query at a time
     exact_single_ms: float
     settings: Mapping[str, Any]
+    # Other search breadths on the same graph: expansion_search -> {"recall", "ms_per_query"}.
+    by_expansion: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
 
 def random_units(n: int, dim: int, seed: int) -> NDArray[np.float32]:
     """``n`` random unit vectors of ``dim`` (isotropic Gaussian, normalised)."""
-    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -64,13 +66,14 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
                  dtype: str = "f32", connectivity: int = DEFAULT_CONNECTIVITY,
                  expansion_add: int = DEFAULT_EXPANSION_ADD, expansion_search: int = DEFAULT_EXPANSION_SEARCH,
                  data: NDArray[np.float32] | None = None, queries: NDArray[np.float32] | None = None,
-                 exact_threshold: int | None = None) -> RecallReport:
+                 exact_threshold: int | None = None, sweep: Sequence[int] = ()) -> RecallReport:
     """Recall@k of the HNSW graph, of the exact scan and of the index's default choice.
 
     Without ``data``, ``n`` random unit vectors of ``dim`` (and ``n_queries`` fresh random
     queries); with ``data`` (and optionally ``queries``, else rows of ``data`` are held out)
     those vectors, ``n``/``dim`` taken from its shape. Ground truth is a float64 scan, so the
-    figures include the storage quantisation of ``dtype='f16'`` / ``'i8'``.
+    figures include the storage quantisation of ``dtype='f16'`` / ``'i8'``. ``sweep``: more
+    ``expansion_search`` values to measure on the same graph (``by_expansion``).
     """
     if data is None:
         if n <= 0 or dim <= 0 or n_queries <= 0:
@@ -115,6 +118,12 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
         hits = sum(len(set(keys[i, :kk].tolist()) & set(truth[i].tolist())) for i in range(n_queries))
         return hits / (n_queries * kk)
 
+    by_expansion: dict[int, dict[str, float]] = {}
+    for ef in sweep:
+        graph.expansion_search = int(ef)
+        keys, secs = _timed(lambda: hnsw(queries))
+        by_expansion[int(ef)] = {"recall": recall_of(keys), "ms_per_query": secs * 1000 / n_queries}
+    graph.expansion_search = expansion_search
     threshold = default_exact_threshold(dim) if exact_threshold is None else exact_threshold
     default = "exact" if n <= threshold else "hnsw"
     r_hnsw, r_exact = recall_of(found), recall_of(brute)
@@ -125,4 +134,5 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
                         hnsw_single_ms=_single_ms(hnsw, queries), exact_single_ms=_single_ms(exact, queries),
                         settings={"metric": metric, "dtype": dtype, "connectivity": connectivity,
                                   "expansion_add": expansion_add, "expansion_search": expansion_search,
-                                  "exact_threshold": threshold})
+                                  "exact_threshold": threshold},
+                        by_expansion=by_expansion)
