@@ -41,6 +41,7 @@ from crossmodal.manifest import ImagePreprocess, TextSettings
 
 from .albef_checkpoint import LoadReport, card_names, load_albef, logit_scale
 from .albef_model import AlbefModel
+from .cli_args import add_bundle_arguments
 from .pipeline import Thresholds, TowerSpec, export_bundle, random_pixels
 
 log = logging.getLogger(__name__)
@@ -281,17 +282,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="original ALBEF checkpoint (.pth holding {'model': state_dict})")
     p.add_argument("--config", required=True,
                    help="albef_4m | albef_14m | retrieval_coco | retrieval_flickr, or a JSON/yaml config in the original vocabulary")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
-    p.add_argument("--targets", default="cpu-fp32,cpu-int8", help="comma list of cpu-fp32, cpu-int8, gpu-fp16")
     p.add_argument("--image-res", type=int, help="export resolution (default: the config's; pos_embed is interpolated)")
     p.add_argument("--vocab", default=DEFAULT_VOCAB,
                    help="bert-base-uncased vocab.txt, a directory holding it, or a hub id (default: bert-base-uncased)")
     p.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranker graph")
-    p.add_argument("--name", help="bundle name (default: the --out folder name)")
-    p.add_argument("--space", help="embedding-space id (default: albef:<checkpoint stem>:<sha256 prefix>)")
-    p.add_argument("--calib", type=Path, help="folder of images for static int8 calibration (default: random pixels)")
-    p.add_argument("--int8-recipe", default="auto", choices=["auto", "nbits8", "dynamic", "qdq"])
-    p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime transformer fusions")
+    add_bundle_arguments(p, space_help="embedding-space id (default: albef:<checkpoint stem>:<sha256 prefix>)",
+                         calib_help="folder of images for static int8 calibration (default: random pixels)")
 
 
 def run(args: argparse.Namespace) -> Path:

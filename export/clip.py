@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from crossmodal.errors import ArtifactError
 from crossmodal.manifest import ImagePreprocess, TextSettings
 
+from .cli_args import add_bundle_arguments
 from .pipeline import Thresholds, TowerSpec, export_bundle, random_pixels
 from .sources import Source, read_json, resolve
 
@@ -236,13 +237,8 @@ def export_clip(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local dir (transformers CLIP or sentence-transformers clip-ViT-*)")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
-    p.add_argument("--targets", default="cpu-fp32,cpu-int8", help="comma list of cpu-fp32, cpu-int8, gpu-fp16")
-    p.add_argument("--name", help="bundle name (default: the --out folder name)")
-    p.add_argument("--space", help="embedding-space id (default: the model id)")
-    p.add_argument("--calib", type=Path, help="folder of images for static int8 calibration (default: examples/images)")
-    p.add_argument("--int8-recipe", default="auto", choices=["auto", "nbits8", "dynamic", "qdq"])
-    p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime transformer fusions")
+    add_bundle_arguments(p, space_help="embedding-space id (default: the model id)",
+                         calib_help="folder of images for static int8 calibration (default: examples/images)")
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -41,6 +41,7 @@ from crossmodal.errors import ArtifactError, IncompatibleTowersError
 from crossmodal.manifest import TextSettings, read_bundle, read_manifest
 
 from . import artifact
+from .cli_args import add_bundle_arguments
 from .mbert_sources import TextEncoderParts, read_parts
 from .pipeline import Thresholds, TowerSpec, export_bundle, parse_targets
 from .sources import Source, resolve
@@ -367,8 +368,6 @@ def export_mbert(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="hub id or local dir: sentence-transformers model, M-CLIP checkpoint, or legacy M-BERT dir")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
-    p.add_argument("--targets", default="cpu-fp32,cpu-int8", help="comma list of cpu-fp32, cpu-int8, gpu-fp16")
     image = p.add_mutually_exclusive_group()
     image.add_argument("--image-bundle", type=Path, help="exported CLIP bundle whose image tower is copied in")
     image.add_argument("--image-model", help="CLIP hub id or dir whose image tower is exported alongside")
@@ -377,11 +376,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card", help="model card name under models/cards (default: matched by --model)")
     p.add_argument("--head", type=Path, help="legacy M-BERT: the '* Linear Weights.pkl' head file")
     p.add_argument("--base-config", type=Path, help="M-CLIP: config.json of the base transformer (modelBase)")
-    p.add_argument("--name", help="bundle name (default: the --out folder name)")
-    p.add_argument("--space", help="text-only bundles: embedding-space id (default: the model id)")
-    p.add_argument("--calib", type=Path, help="--image-model: folder of images for static int8 calibration")
-    p.add_argument("--int8-recipe", default="auto", choices=["auto", "nbits8", "dynamic", "qdq"])
-    p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime transformer fusions")
+    add_bundle_arguments(p, space_help="text-only bundles: embedding-space id (default: the model id)",
+                         calib_help="--image-model: folder of images for static int8 calibration")
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -32,6 +32,10 @@ Consistency policy on open (items = SQLite rows, vectors = graph file + journal)
   instead drops the offending items (their files are re-embedded by the next build) or
   rewrites the header, and reports what it dropped in ``Index.repairs``.
 
+Search: a tower of at most ``exact_threshold`` vectors is scanned exactly (a float32 copy
+of its vectors, see :mod:`crossmodal.index_exact`), a larger one walks its HNSW graph;
+``search(..., exact=True/False)`` forces either.
+
 Concurrency: one writer per index (an exclusive ``flock`` held while open), any number of
 readers (``read_only=True``). Readers load under a shared lock which ``save`` takes
 exclusively while it swaps files, so a reader never sees a half-swapped pair. A reader
