@@ -57,7 +57,7 @@ from numpy.typing import ArrayLike, NDArray
 from .durable_files import FileLock, atomic_write_bytes, file_digest, fsync_dir, fsync_file
 from .errors import IncompatibleTowersError, IndexStoreError, InputError
 from .index_bench import RecallReport, bench_recall
-from .index_exact import EXACT_SCAN_BUDGET, ExactMatrix, default_exact_threshold
+from .index_exact import EXACT_SCAN_BUDGET, TABLE_BATCH, ExactMatrix, default_exact_threshold
 from .index_format import (
     DEFAULT_CONNECTIVITY,
     DEFAULT_EXPANSION_ADD,
@@ -152,6 +152,7 @@ class Index:
         # Per-tower float32 copies for brute-force search (runtime/index_exact.py), built on
         # the first exact search of an f32 index and kept in step by add/remove.
         self._exact: dict[str, ExactMatrix] = {}
+        self._exact_calls: dict[str, int] = {}
         # Tests set this to observe (and kill the process at) each step of add/save.
         self._hook: Callable[[str], None] | None = None
 
@@ -355,6 +356,7 @@ class Index:
         rec = recover(self._path, self._meta, read_only=self._read_only, repair=repair, verify=verify)
         self._state, self._graphs = rec.state, rec.graphs
         self._exact.clear()
+        self._exact_calls.clear()
         self._dirty |= rec.dirty
         self.repairs.extend(rec.repairs)
         if self._read_only:
@@ -569,11 +571,13 @@ class Index:
         """``(keys, scores, counts)``: row i holds ``counts[i]`` valid hits, best first."""
         graph = self._graphs[tower]
         if exact and self.dtype == "f32":
+            calls = self._exact_calls[tower] = self._exact_calls.get(tower, 0) + 1
             table = self._exact.get(tower)
-            if table is None:
-                table = self._exact[tower] = ExactMatrix.from_graph(graph, self.dim, self.metric == "cos")
-            keys, scores = table.search(mat, k)
-            return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
+            if table is None and (calls > 1 or len(mat) >= TABLE_BATCH):
+                table = self._table(tower)
+            if table is not None:
+                keys, scores = table.search(mat, k)
+                return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
         matches = graph.search(mat, k, exact=exact)
         keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(mat), -1)
         dists = np.asarray(matches.distances, dtype=np.float32).reshape(len(mat), -1)
@@ -581,6 +585,25 @@ class Index:
         counts = (np.asarray(matches.counts, dtype=np.int64).reshape(-1) if hasattr(matches, "counts")
                   else np.full(len(mat), keys.shape[1], dtype=np.int64))
         return keys, 1.0 - dists, counts
+
+    def _table(self, tower: str) -> ExactMatrix:
+        table = self._exact.get(tower)
+        if table is None:
+            table = self._exact[tower] = ExactMatrix.from_graph(self._graphs[tower], self.dim, self.metric == "cos")
+        return table
+
+    def warm_up(self) -> None:
+        """Build now what the first searches would otherwise build: the float32 scan table
+        of each tower that the default search scans (f32 indexes; ~1 s per 100k x 512).
+
+        A service calls this once after :meth:`open`; without it the second exact search
+        of a tower pays the build (the first scans inside usearch).
+        """
+        if self.dtype != "f32":
+            return
+        for tower, graph in self._graphs.items():
+            if len(graph) and self.uses_exact(tower):
+                self._table(tower)
 
     def check_encoder(self, encoder: Any) -> None:
         """Raise IncompatibleTowersError unless ``encoder`` embeds into this index's space and dim."""

@@ -450,9 +450,13 @@ def test_default_search_is_exact_below_threshold_and_hnsw_above(tmp_path: Path,
     assert idx.exact_threshold == (1 << 26) // DIM and idx.uses_exact()
     q = unit(4, seed=5)
     truth = np.argsort(-(q @ vecs.T), axis=1)[:, :10]
+    first = idx.search(q, 10)
+    assert scans == [] and idx._exact == {}  # a one-off search scans inside usearch: no table built
     auto = idx.search(q, 10)
-    assert scans == [4]
-    assert [[r.key for r in row] for row in auto] == keys[truth].tolist()
+    assert scans == [4]  # the second builds the float32 table and scans it
+    assert [[r.key for r in row] for row in auto] == [[r.key for r in row] for row in first] == keys[truth].tolist()
+    np.testing.assert_allclose([[r.score for r in row] for row in auto],
+                               [[r.score for r in row] for row in first], atol=1e-5)
     idx.exact_threshold = 299
     assert not idx.uses_exact()
     hnsw = idx.search(q, 10)
@@ -469,7 +473,8 @@ def test_default_search_is_exact_below_threshold_and_hnsw_above(tmp_path: Path,
 
 def test_exact_scan_follows_add_and_remove(tmp_path: Path) -> None:
     idx, vecs, keys = make_index(tmp_path, n=200)
-    idx.search(vecs[:1], 1)  # builds the scan table
+    idx.warm_up()  # builds the scan table now
+    assert set(idx._exact) == {"image"}
     more = unit(50, seed=11)
     new_keys = idx.add(more, [{"path": f"new{i}.jpg"} for i in range(50)])
     assert [idx.search(v, 1)[0].key for v in more[:5]] == new_keys[:5].tolist()
@@ -484,9 +489,11 @@ def test_exact_scan_follows_add_and_remove(tmp_path: Path) -> None:
     assert len(idx.search(q[0], 1000)) == 100  # k above the size: every live item, none removed
     idx.save()
     idx.close()
-    # the reopened index answers the same (the table is rebuilt from the saved graph)
+    # the reopened index answers the same: a batch of 32 queries builds the table from the saved graph at once
     again = Index.open(tmp_path / "idx", read_only=True)
-    assert [[r.key for r in row] for row in again.search(q, 8)] == alive_keys[truth].tolist()
+    q32 = np.concatenate([q, unit(26, seed=13)])
+    assert [[r.key for r in row] for row in again.search(q32, 8)[:6]] == alive_keys[truth].tolist()
+    assert set(again._exact) == {"image"}
     again.close()
 
 

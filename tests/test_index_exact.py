@@ -53,7 +53,11 @@ def test_removed_rows_never_come_back_and_k_clips_to_live_rows() -> None:
     assert len(table) == 5
     keys, _ = table.search(x[5:6], 5)
     assert sorted(keys[0].tolist()) == [5, 6, 7, 8, 9] and keys[0, 0] == 5
-    table.remove([5, 6, 7, 8, 9])
+    table.add(np.array([20, 21], dtype=np.uint64), x[:2])  # rows added after a remove are removable too
+    table.remove([21])
+    keys, _ = table.search(x[1:2], 10)
+    assert sorted(keys[0].tolist()) == [5, 6, 7, 8, 9, 20]
+    table.remove([5, 6, 7, 8, 9, 20])
     keys, scores = table.search(x[:2], 3)
     assert keys.shape == (2, 0) and scores.shape == (2, 0)
 
