@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class Index:
         # the first exact search of an f32 index and kept in step by add/remove.
         self._exact: dict[str, ExactMatrix] = {}
         self._exact_calls: dict[str, int] = {}
+        # Held while a table is copied from a graph and while add/remove change a graph, so a
+        # table built in one thread never misses vectors another thread is adding.
+        self._table_lock = threading.Lock()
         # Tests set this to observe (and kill the process at) each step of add/save.
         self._hook: Callable[[str], None] | None = None
 
@@ -415,9 +419,10 @@ class Index:
             return np.zeros(0, dtype=np.uint64)
         self._meta.add_items(rows, jrows, before_commit=lambda: self._run_hook("add:journaled"))
         karr = np.asarray(new_keys, dtype=np.uint64)
-        graph.add(karr, mat[new_idx])
-        if tower in self._exact:
-            self._exact[tower].add(karr, mat[new_idx])
+        with self._table_lock:
+            graph.add(karr, mat[new_idx])
+            if tower in self._exact:
+                self._exact[tower].add(karr, mat[new_idx])
         self._dirty.add(tower)
         return karr
 
@@ -430,9 +435,10 @@ class Index:
         if not present:
             return 0
         self._meta.delete_items(tower, present)
-        graph.remove(np.asarray(present, dtype=np.uint64))
-        if tower in self._exact:
-            self._exact[tower].remove(present)
+        with self._table_lock:
+            graph.remove(np.asarray(present, dtype=np.uint64))
+            if tower in self._exact:
+                self._exact[tower].remove(present)
         self._dirty.add(tower)
         return len(present)
 
@@ -587,10 +593,12 @@ class Index:
         return keys, 1.0 - dists, counts
 
     def _table(self, tower: str) -> ExactMatrix:
-        table = self._exact.get(tower)
-        if table is None:
-            table = self._exact[tower] = ExactMatrix.from_graph(self._graphs[tower], self.dim, self.metric == "cos")
-        return table
+        with self._table_lock:
+            table = self._exact.get(tower)
+            if table is None:
+                table = self._exact[tower] = ExactMatrix.from_graph(self._graphs[tower], self.dim,
+                                                                    self.metric == "cos")
+            return table
 
     def warm_up(self) -> None:
         """Build now what the first searches would otherwise build: the float32 scan table
