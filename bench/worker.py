@@ -242,7 +242,7 @@ def job_text_query(job: dict[str, Any]) -> dict[str, Any]:
         idx.expansion_search = int(spec["expansion_search"])
         counter = iter(range(10**9))
 
-        def run() -> object:
+        def run(idx: Any = idx) -> object:  # bound now: the loop deletes idx to unmap each index file
             q = queries[next(counter) % len(queries)]
             return idx.search(embed(q)[0], 10)
 
