@@ -2,7 +2,7 @@
 
 Why it exists: on isotropic 512-d vectors an HNSW graph at interactive settings finds
 only ~60% of the true top-10 at 100k vectors, while one matrix-vector product over the
-same 100k vectors takes ~11 ms on one core and is exact. usearch's own ``exact=True``
+same 100k vectors takes ~11 ms on this 2-core machine and is exact. usearch's own ``exact=True``
 scan was 3-4x slower than numpy's BLAS here, so the index keeps this copy for the
 towers it searches exactly (see :data:`EXACT_SCAN_BUDGET`).
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Exact search is the default while a tower holds at most EXACT_SCAN_BUDGET // dim vectors:
 # 2**26 floats = 256 MB per scan, ~131k vectors at dim 512 (about 15 ms per single query on
-# one core here, faster per query in batches), ~1M at dim 64. Above it HNSW answers.
+# 2 cores here, faster per query in batches), ~1M at dim 64. Above it HNSW answers.
 EXACT_SCAN_BUDGET = 1 << 26
 # A batch this large pays for building the table at once (~30 in-place scans cost as much).
 TABLE_BATCH = 32
