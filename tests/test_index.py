@@ -544,29 +544,20 @@ def test_partial_tmp_graph_from_a_killed_save_is_ignored(tmp_path: Path) -> None
 
 
 def test_threads_searching_while_one_adds_see_every_added_vector(tmp_path: Path) -> None:
-    import threading
+    from helpers.threads import run_concurrently
 
     idx, vecs, keys = make_index(tmp_path, n=200)
     batches = [unit(20, seed=100 + j) for j in range(15)]
-    errors: list[BaseException] = []
 
     def searcher() -> None:
-        try:
-            for _ in range(30):
-                idx.search(vecs[:2], 3)  # the second call of some thread builds the table mid-adds
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(30):
+            idx.search(vecs[:2], 3)  # the second call of some thread builds the table mid-adds
 
     def writer() -> None:
         for b in batches:
             idx.add(b)
 
-    threads = [threading.Thread(target=searcher) for _ in range(3)] + [threading.Thread(target=writer)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_concurrently([searcher, searcher, searcher, writer])
     # every vector added while tables were being built is found by the table
     found = [r[0].score for r in idx.search(np.concatenate(batches), 1)]
     assert np.allclose(found, 1.0, atol=1e-5) and len(idx._exact["image"]) == 500

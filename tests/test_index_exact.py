@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 import crossmodal.native_imports  # noqa: F401  (usearch after onnxruntime)
 from crossmodal.index_exact import EXACT_SCAN_BUDGET, ExactMatrix, default_exact_threshold
+from helpers.threads import run_concurrently
 
 
 def _vecs(n: int, dim: int, seed: int) -> np.ndarray:
@@ -87,25 +86,16 @@ def test_concurrent_searches_and_adds_stay_consistent() -> None:
     table = ExactMatrix(dim, normalize=True)
     base = _vecs(2000, dim, 5)
     table.add(np.arange(2000, dtype=np.uint64), base)
-    errors: list[BaseException] = []
 
     def searcher() -> None:
-        try:
-            for i in range(40):
-                keys, _ = table.search(base[i:i + 1], 1)
-                assert int(keys[0, 0]) == i
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(40):
+            keys, _ = table.search(base[i:i + 1], 1)
+            assert int(keys[0, 0]) == i
 
     def writer() -> None:
         for j in range(20):
             extra = _vecs(500, dim, 100 + j)
             table.add(np.arange(10_000 + 500 * j, 10_500 + 500 * j, dtype=np.uint64), extra)
 
-    threads = [threading.Thread(target=searcher) for _ in range(3)] + [threading.Thread(target=writer)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_concurrently([searcher, searcher, searcher, writer])
     assert len(table) == 12_000
