@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="measuring time per case and process (default 2)")
     p.add_argument("--minilm", help="sentence-transformers text model for (g) (default: the installed all-MiniLM-L6-v2)")
     p.add_argument("--captions", type=int, default=1010, help="captions for the (g) fidelity check (default 1010)")
-    p.add_argument("--recall-size", type=int, default=100_000,
+    p.add_argument("--recall-size", type=lambda s: _ints(s)[0], default=100_000,
                    help="vectors in the (h) recall measurement (default 100000)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (matplotlib not needed)")
     return p
