@@ -558,7 +558,7 @@ class Index:
             empty: list[list[SearchResult]] = [[] for _ in range(len(mat))]
             return empty[0] if single else empty
         if exact is None:
-            exact = n <= self.exact_threshold
+            exact = self.uses_exact(tower)
         keys, scores, counts = self._top_k(tower, mat, min(int(k), n), exact)
         wanted = sorted({int(keys[i, j]) for i in range(len(mat)) for j in range(int(counts[i]))})
         recs = self._records(tower, wanted)

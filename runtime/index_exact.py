@@ -20,7 +20,7 @@ exact search runs on their quantised vectors inside usearch).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,13 @@ _BLOCK_FLOATS = 1 << 24
 def default_exact_threshold(dim: int) -> int:
     """Largest tower size searched exactly by default for vectors of ``dim``."""
     return max(1, EXACT_SCAN_BUDGET // max(1, int(dim)))
+
+
+def _grown(a: NDArray[Any], rows: int, cap: int) -> NDArray[Any]:
+    """A zeroed array of ``cap`` rows shaped like ``a``, holding ``a``'s first ``rows`` rows."""
+    out = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+    out[:rows] = a[:rows]
+    return out
 
 
 class ExactMatrix:
@@ -75,12 +82,13 @@ class ExactMatrix:
         return self._rows - self._dead
 
     def _prepare(self, mat: NDArray[np.float32]) -> NDArray[np.float32]:
-        mat = np.array(mat, dtype=np.float32, copy=True)
-        if self._normalize:
-            norms = np.linalg.norm(mat, axis=1, keepdims=True)
-            # A zero vector has no direction: usearch scores it as distance 1 (cosine 0); so do we.
-            mat /= np.where(norms > 0, norms, 1.0)
-        return mat
+        # No copy unless normalising (which writes a new array): queries arrive on the hot path.
+        mat = np.asarray(mat, dtype=np.float32)
+        if not self._normalize:
+            return mat
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        # A zero vector has no direction: usearch scores it as distance 1 (cosine 0); so do we.
+        return mat / np.where(norms > 0, norms, 1.0)
 
     def add(self, keys: NDArray[np.uint64], mat: NDArray[np.float32]) -> None:
         """Append rows (keys not already present; the index guarantees that)."""
@@ -92,13 +100,8 @@ class ExactMatrix:
             if need > len(self._mat):
                 # 1.25x growth: amortised O(1) appends without reserving twice the memory.
                 cap = max(need, len(self._mat) + len(self._mat) // 4, 1024)
-                grown = np.empty((cap, self._dim), dtype=np.float32)
-                grown[:self._rows] = self._mat[:self._rows]
-                self._mat = grown
-                self._keys = np.resize(self._keys, cap)
-                alive = np.zeros(cap, dtype=bool)
-                alive[:self._rows] = self._alive[:self._rows]
-                self._alive = alive
+                self._mat, self._keys, self._alive = (_grown(a, self._rows, cap)
+                                                      for a in (self._mat, self._keys, self._alive))
             s = slice(self._rows, need)
             self._mat[s] = rows
             self._keys[s] = keys
@@ -123,7 +126,7 @@ class ExactMatrix:
                 self._keys = self._keys[keep]
                 self._alive = np.ones(len(keep), dtype=bool)
                 self._rows, self._dead = len(keep), 0
-                self._row_of = {int(k): i for i, k in enumerate(self._keys.tolist())}
+                self._row_of = None  # rows moved: rebuilt by the next remove
 
     def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.uint64], NDArray[np.float32]]:
         """``(keys, scores)`` of shape ``(len(queries), min(k, len(self)))``, best first."""
