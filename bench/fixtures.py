@@ -242,8 +242,9 @@ def build_index(folder: Path, n: int, dim: int, *, recall_queries: int = 200, se
     Random vectors in 512-d are HNSW's hardest case (no clusters), so the
     recall figure is a lower bound for real embeddings.
     """
-    from crossmodal.index_bench import random_units
-    from crossmodal.native_imports import import_usearch
+    from crossmodal.index.native_imports import import_usearch
+
+    from .recall import random_units
 
     Index = import_usearch().Index  # onnxruntime first: the other order segfaults (see native_imports)
     folder.mkdir(parents=True, exist_ok=True)

@@ -79,8 +79,7 @@ def _row(case: str, report: Any) -> dict[str, Any]:
 def scenario_index_recall(work: Path, *, n: int = 100_000, n_queries: int = 1000, quick: bool = False,
                           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Rows of scenario (h); ``quick`` shrinks everything to seconds (for tests)."""
-    import crossmodal.native_imports  # noqa: F401  (onnxruntime before usearch)
-    from crossmodal.index_bench import bench_recall
+    from .recall import bench_recall
 
     if quick:
         n, n_queries = min(n, 3000), min(n_queries, 100)

@@ -1,4 +1,4 @@
-"""Scenario (h) of the benchmark: index recall rows, their table and the issue-5 target line."""
+"""Recall of the index's search paths (crossmodal.bench.recall) and scenario (h): its rows, table and target line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,43 @@ from pathlib import Path
 import pytest
 
 from crossmodal.bench.index_recall import markdown_rows, recall_captions, scenario_index_recall
+from crossmodal.bench.recall import bench_recall
+from crossmodal.errors import InputError
 from crossmodal.bench.targets import evaluate
+
+
+def test_hnsw_recall_at_10_vs_exact() -> None:
+    report = bench_recall(10_000, 64, k=10, n_queries=300, seed=0)
+    assert report.recall >= 0.99 and report.exact_recall >= 0.999, report
+    assert report.settings["connectivity"] == 32 and report.n == 10_000
+    # Forced onto the graph (threshold 0) the default choice is HNSW and its recall is reported.
+    forced = bench_recall(3_000, 64, n_queries=100, exact_threshold=0)
+    assert forced.default_search == "hnsw" and forced.default_recall == forced.recall
+
+
+def test_default_search_recall_at_clip_dimension() -> None:
+    # Random 512-d unit vectors are the graph's worst case (issue 5; 100k figures in
+    # docs/bench/index_recall.md): below the exact threshold the default search scans,
+    # so its recall@10 is exactly 1 whatever the graph does.
+    report = bench_recall(4_000, 512, n_queries=100, seed=3)
+    assert report.default_search == "exact" and report.settings["exact_threshold"] == (1 << 26) // 512
+    assert report.default_recall == 1.0 and report.exact_recall == 1.0, report
+    # The graph alone is measured too, and at this easy size it still finds most neighbours.
+    assert 0.8 <= report.recall <= 1.0
+
+
+def test_bench_recall_refuses_bad_sizes() -> None:
+    for kw in ({"k": 0}, {"k": True}, {"n_queries": -1}):
+        with pytest.raises(InputError, match="must be a positive integer"):
+            bench_recall(100, 8, **kw)
+    with pytest.raises(InputError, match="dim must be a positive integer"):
+        bench_recall(100, 0)
+
+
+def test_old_import_path_still_works() -> None:
+    import crossmodal.index
+
+    assert crossmodal.index.bench_recall is bench_recall
 
 
 def test_recall_captions_are_distinct_and_seeded() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import crossmodal.native_imports  # noqa: F401  (usearch after onnxruntime)
-from crossmodal.index_exact import EXACT_SCAN_BUDGET, ExactMatrix, default_exact_threshold
+import crossmodal.index.native_imports  # noqa: F401  (usearch after onnxruntime)
+from crossmodal.index.exact import EXACT_SCAN_BUDGET, ExactMatrix, default_exact_threshold
 from helpers.threads import run_concurrently
 
 
@@ -21,7 +21,7 @@ def test_threshold_scales_with_dimension() -> None:
 
 
 def test_topk_matches_numpy_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crossmodal import index_exact
+    from crossmodal.index import exact as index_exact
 
     monkeypatch.setattr(index_exact, "_BLOCK_FLOATS", 3 * 500)  # 3 queries per block: exercise the loop
     x, q = _vecs(500, 24, 0), _vecs(10, 24, 1)
@@ -69,7 +69,7 @@ def test_zero_vector_scores_zero_under_cosine() -> None:
 
 
 def test_from_graph_copies_usearch_vectors() -> None:
-    from crossmodal.index_format import new_graph
+    from crossmodal.index.format import new_graph
 
     x = _vecs(300, 16, 3)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

@@ -14,7 +14,7 @@ USE_INDEX = ("import tempfile, numpy as np; from crossmodal.index import Index; 
 ORDERS = {
     "index-then-onnxruntime": f"{USE_INDEX}; import onnxruntime; onnxruntime.get_available_providers()",
     "onnxruntime-then-index": f"import onnxruntime; onnxruntime.get_available_providers(); {USE_INDEX}",
-    "import_usearch-then-onnxruntime": ("from crossmodal.native_imports import import_usearch; m = import_usearch(); "
+    "import_usearch-then-onnxruntime": ("from crossmodal.index.native_imports import import_usearch; m = import_usearch(); "
                                         "import onnxruntime; print(4 if m.__name__ == 'usearch.index' else -1)"),
 }
 

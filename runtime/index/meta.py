@@ -1,7 +1,7 @@
 """The index's metadata store: ``meta.sqlite`` (items, the add journal, the committed state).
 
 Every change is one SQLite transaction (WAL, ``synchronous=FULL``), so the store is
-always at some committed state; see :mod:`crossmodal.index` for how the graph files
+always at some committed state; see :mod:`crossmodal.index.store` for how the graph files
 are kept consistent with it. SQLite failures surface as IndexStoreError naming the file.
 """
 
@@ -12,10 +12,11 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import IndexStoreError
-from .index_format import FORMAT_VERSION, HEADER_FIELDS, META_FILE, TOWERS, escapes
+from ..errors import IndexStoreError
+from . import crash_points
+from .format import FORMAT_VERSION, HEADER_FIELDS, META_FILE, TOWERS, escapes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,13 +146,12 @@ class MetaStore:
         with self.guard():
             return int(self.conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
 
-    def add_items(self, rows: Sequence[tuple[Any, ...]], journal_rows: Sequence[tuple[str, int, bytes]],
-                  before_commit: Callable[[], None]) -> None:
+    def add_items(self, rows: Sequence[tuple[Any, ...]], journal_rows: Sequence[tuple[str, int, bytes]]) -> None:
         """Commit item rows with their journaled vectors in one transaction."""
         with self.transaction() as conn:
             conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             conn.executemany("INSERT OR REPLACE INTO journal VALUES (?, ?, ?)", journal_rows)
-            before_commit()
+            crash_points.reached("add:journaled")
 
     def delete_items(self, tower: str, keys: Sequence[int]) -> None:
         """Delete items and any journaled vectors of theirs, in one transaction."""

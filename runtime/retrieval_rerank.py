@@ -1,6 +1,6 @@
 """Re-scoring an index's text -> image hits with a :class:`~crossmodal.rerank.Reranker`.
 
-``Index.search_text(..., rerank=R, reranker=rr)`` takes the top ``R`` hits of
+``Retriever(encoder, index, reranker=rr).search_text(..., rerank=R)`` takes the top ``R`` hits of
 the embedding search, reads their images again from the stored paths, scores
 each (query, image) pair with the re-ranker and returns the best ``k`` by that
 score; each hit keeps its embedding ``score`` and gains ``itm_score``.
@@ -18,12 +18,8 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
-from .errors import IncompatibleTowersError, InputError
-
 if TYPE_CHECKING:  # pragma: no cover
-    from .index import SearchResult
+    from .index.records import SearchResult
     from .rerank import Reranker
 
 log = logging.getLogger(__name__)
@@ -31,24 +27,6 @@ log = logging.getLogger(__name__)
 # Candidates read and scored per step: bounds the pixels and token states held at once
 # (16 images at 384 px are ~28 MB of pixels and ~28 MB of ViT-B token states).
 CHUNK = 16
-
-
-def check_rerank_args(index_space: str, k: int, rerank: int | None, reranker: "Reranker | None", tower: str) -> None:
-    """Validate ``rerank``/``reranker`` before any work; errors say what to pass instead."""
-    if rerank is None:
-        if reranker is not None:
-            raise InputError("a reranker was given without rerank=R (how many embedding hits to re-score); pass both")
-        return
-    if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < k:
-        raise InputError(f"rerank must be an integer >= k ({k}): the number of embedding hits to re-score, got {rerank!r}")
-    if reranker is None:
-        raise InputError("rerank=R needs reranker=crossmodal.Reranker.load(BUNDLE) (an ALBEF bundle with a rerank tower)")
-    if tower != "image":
-        raise InputError(f"re-ranking scores (text, image) pairs: search tower='image', not {tower!r}")
-    if reranker.bundle.space != index_space:
-        raise IncompatibleTowersError(
-            f"the reranker's bundle {reranker.bundle.name!r} embeds into space {reranker.bundle.space!r} but the "
-            f"index holds {index_space!r}; load the re-ranker from the bundle the index was built with")
 
 
 def rerank_hits(hits: Sequence["SearchResult"], query: str, reranker: "Reranker", k: int) -> list["SearchResult"]:
@@ -83,4 +61,4 @@ def rerank_hits(hits: Sequence["SearchResult"], query: str, reranker: "Reranker"
     return out
 
 
-__all__ = ["rerank_hits", "check_rerank_args", "CHUNK"]
+__all__ = ["rerank_hits", "CHUNK"]

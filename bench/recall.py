@@ -1,5 +1,8 @@
 """Recall and latency of the index's search paths (HNSW graph, exact scan, the default choice).
 
+Used by scenario (h) (:mod:`crossmodal.bench.index_recall`) and by the recall tests;
+one figure in Python: ``bench_recall(100_000, 512, n_queries=1000, sweep=(1024, 2048))``.
+
 Random isotropic unit vectors are the worst case for a graph index (nothing but noise
 separates a point's neighbours from the rest); pass ``data``/``queries`` to measure on
 real embeddings instead.
@@ -14,9 +17,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
-from .index_exact import ExactMatrix, default_exact_threshold
-from .index_format import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, new_graph
+from crossmodal.errors import InputError
+from crossmodal.index.exact import ExactMatrix, default_exact_threshold
+from crossmodal.index.format import DEFAULT_CONNECTIVITY, DEFAULT_EXPANSION_ADD, DEFAULT_EXPANSION_SEARCH, new_graph
+from crossmodal.inputs import positive_int
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
     figures include the storage quantisation of ``dtype='f16'`` / ``'i8'``. ``sweep``: more
     ``expansion_search`` values to measure on the same graph (``by_expansion``).
     """
+    k, n_queries = positive_int("k", k), positive_int("n_queries", n_queries)
     if data is None:
-        if n <= 0 or dim <= 0 or n_queries <= 0:
-            raise InputError("n, dim and n_queries must be positive.")
+        n, dim = positive_int("n", n), positive_int("dim", dim)
         data = random_units(n, dim, seed)
         queries = random_units(n_queries, dim, seed + 1)
     else:
@@ -88,8 +92,6 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
             data, queries = data[n_queries:], data[:n_queries]
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n, dim, n_queries = len(data), data.shape[1], len(queries)
-    if k <= 0:
-        raise InputError("k must be positive.")
     kk = min(k, n)
     graph = new_graph(dim, metric, dtype, connectivity, expansion_add, expansion_search)
     _, build = _timed(lambda: graph.add(np.arange(n, dtype=np.uint64), data))
@@ -137,3 +139,6 @@ def bench_recall(n: int, dim: int, *, k: int = 10, n_queries: int = 1000, seed: 
                                   "expansion_add": expansion_add, "expansion_search": expansion_search,
                                   "exact_threshold": threshold},
                         by_expansion=by_expansion)
+
+
+__all__ = ["RecallReport", "bench_recall", "random_units"]

@@ -1,7 +1,7 @@
 """Open-time recovery of an index: pick the graph file that matches the committed digest,
 roll a save forward or back, replay the journal, and check the header mirror.
 
-See the durability model in :mod:`crossmodal.index` for why each case is safe.
+See the durability model in :mod:`crossmodal.index.store` for why each case is safe.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from .durable_files import atomic_write_bytes, fsync_dir, matches_digest
-from .errors import IndexStoreError
-from .index_format import HEADER_FILE, META_FILE, TOWERS, header_bytes, new_graph, vectors_file
-from .index_meta import MetaStore
+from ..durable_files import atomic_write_bytes, fsync_dir, matches_digest
+from ..errors import IndexStoreError
+from .format import HEADER_FILE, META_FILE, TOWERS, header_bytes, new_graph, vectors_file
+from .meta import MetaStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from usearch.index import Index as UsearchIndex
@@ -116,7 +116,7 @@ class Recovered:
 
 def recover(path: Path, meta: MetaStore, *, read_only: bool, repair: bool, verify: bool) -> Recovered:
     """Load every tower of the index at ``path`` and apply the consistency policy of
-    :mod:`crossmodal.index`: refuse, or with ``repair`` drop and record, what does not fit."""
+    :mod:`crossmodal.index.store`: refuse, or with ``repair`` drop and record, what does not fit."""
     state, item_keys, journal, bad_paths = meta.snapshot()
     out = Recovered(state)
     meta_path = path / META_FILE

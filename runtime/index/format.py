@@ -1,8 +1,17 @@
-"""The index's on-disk names, settings and keys, and the checks applied to what goes in.
+"""The index's on-disk format: file names, settings, keys, the header, and the checks on what goes in.
 
-File names inside an index directory, the supported metric/dtype/tower values, HNSW
-defaults, how a key is derived from content, the header mirror, item path rules, and the
-constructor of an empty usearch graph with the recorded settings.
+An index is one directory (format version :data:`FORMAT_VERSION`)::
+
+    INDEX/header.json             bundle, space, dim, metric, dtype, counts, format version (a mirror, for humans)
+    INDEX/meta.sqlite             items (key -> path, caption, sha256), the add journal, the committed state
+    INDEX/vectors.image.usearch   HNSW graph of the image vectors (absent until the first save)
+    INDEX/vectors.text.usearch    HNSW graph of the caption vectors (only when captions were embedded)
+    INDEX/.lock, .writer.lock     empty files the readers' and the writer's ``flock`` is taken on
+
+This module holds those names, the supported metric/dtype/tower values, the HNSW
+defaults, how a key is derived from content, the header mirror, item path rules, and
+the constructor of an empty usearch graph with the recorded settings; the SQLite schema
+is in :mod:`crossmodal.index.meta`.
 """
 
 from __future__ import annotations
@@ -17,13 +26,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InputError
+from ..errors import InputError
+from ..inputs import positive_int
 from .native_imports import import_usearch
 
 if TYPE_CHECKING:  # pragma: no cover
     from usearch.index import Index as UsearchIndex
 
-    from .manifest import BundleInfo
+    from ..manifest import BundleInfo
 
 FORMAT_VERSION = 1
 HEADER_FILE = "header.json"
@@ -34,7 +44,7 @@ METRICS = ("cos", "ip")
 DTYPES = ("f32", "f16", "i8")
 TOWERS = ("image", "text")
 # HNSW defaults chosen so that recall@10 against exact search is >= 0.99 on 100k random
-# unit vectors of dim 64 (see bench_recall); random high-dim vectors are the hard case.
+# unit vectors of dim 64 (see crossmodal.bench.recall); random high-dim vectors are the hard case.
 DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 256
 DEFAULT_EXPANSION_SEARCH = 512
@@ -138,14 +148,12 @@ def initial_state(bundle: "str | BundleInfo", *, dim: int | None, space: str | N
             raise InputError(f"dim={dim} contradicts bundle {bundle.name!r} (dim {bundle.dim}).")
         if space is not None and space != bundle.space:
             raise InputError(f"space={space!r} contradicts bundle {bundle.name!r} (space {bundle.space!r}).")
-    if not isinstance(bdim, int) or bdim <= 0:
-        raise InputError(f"dim must be a positive int, got {bdim!r}.")
+    bdim = positive_int("dim", bdim)
     check_setting("metric", metric, METRICS)
     check_setting("dtype", dtype, DTYPES)
-    for label, v in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                     ("expansion_search", expansion_search)):
-        if not isinstance(v, int) or v <= 0:
-            raise InputError(f"{label} must be a positive int, got {v!r}.")
+    connectivity = positive_int("connectivity", connectivity)
+    expansion_add = positive_int("expansion_add", expansion_add)
+    expansion_search = positive_int("expansion_search", expansion_search)
     return {
         "format_version": FORMAT_VERSION, "bundle": name, "space": bspace, "dim": bdim,
         "metric": metric, "dtype": dtype, "connectivity": connectivity,

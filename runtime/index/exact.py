@@ -7,14 +7,12 @@ scan was 3-4x slower than numpy's BLAS here, so the index keeps this copy for th
 towers it searches exactly (see :data:`EXACT_SCAN_BUDGET`).
 
 The matrix is a per-index, per-tower cache, copied from the graph's stored vectors
-(about 0.6-1.2 s for 100k x 512 here, mostly usearch's per-vector ``get``; the index
-builds it on a tower's second exact search or a batch of :data:`TABLE_BATCH` queries, so a
-one-shot CLI query pays usearch's in-place scan, ~36 ms, instead; ``Index.warm_up``
-builds it ahead), updated in place by ``add`` / ``remove`` (amortised O(1) per vector:
-capacity grows by a quarter, removed rows are masked and compacted when they reach half),
-and dropped with the index. Memory: ``4 * dim`` bytes per vector, the same as the f32
-graph's own copy; f16 / i8 indexes do not use it (they chose small memory, and their
-exact search runs on their quantised vectors inside usearch).
+(about 0.6-1.2 s for 100k x 512 here, mostly usearch's per-vector ``get``; when it is
+built is :mod:`crossmodal.index.search`'s choice), updated in place by ``add`` / ``remove``
+(amortised O(1) per vector: capacity grows by a quarter, removed rows are masked and
+compacted when they reach half), and dropped with the index. Memory: ``4 * dim`` bytes
+per vector, the same as the f32 graph's own copy; f16 / i8 indexes do not use it (they
+chose small memory, and their exact search runs on their quantised vectors inside usearch).
 """
 
 from __future__ import annotations

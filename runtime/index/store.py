@@ -1,13 +1,9 @@
-"""A persistent search index: usearch holds the vectors, SQLite (stdlib) the metadata.
+"""The persistent index: open and close, locks, add and remove, save, recovery on open.
 
-On disk an index is one directory::
+The files an index directory holds are described in :mod:`crossmodal.index.format`.
 
-    INDEX/header.json             bundle, space, dim, metric, dtype, counts, format version (a mirror, for humans)
-    INDEX/meta.sqlite             items (key -> path, caption, sha256), the add journal, the committed state
-    INDEX/vectors.image.usearch   HNSW graph of the image vectors (absent until the first save)
-    INDEX/vectors.text.usearch    HNSW graph of the caption vectors (only when captions were embedded)
-
-Durability model (why it is safe to kill the process at any instant):
+Durability model (why it is safe to kill the process at any instant; the steps named
+in :mod:`crossmodal.index.crash_points` are where the tests kill it):
 
 * ``meta.sqlite`` runs in WAL mode with ``synchronous=FULL`` and every change is one
   transaction, so SQLite itself is always at some committed state.
@@ -20,7 +16,7 @@ Durability model (why it is safe to kill the process at any instant):
   the old one and the directory is fsynced. On ``open``, a graph file that does not
   match the committed sha256 is replaced by a ``.tmp`` that does (a crash after the
   commit point: roll forward) and a ``.tmp`` that does not is deleted (a crash before
-  it: the journal still holds its vectors).
+  it: the journal still holds its vectors); see :mod:`crossmodal.index.recovery`.
 * ``header.json`` is rewritten atomically (tmp, fsync, rename, fsync dir) after each save.
 
 Consistency policy on open (items = SQLite rows, vectors = graph file + journal):
@@ -32,9 +28,9 @@ Consistency policy on open (items = SQLite rows, vectors = graph file + journal)
   instead drops the offending items (their files are re-embedded by the next build) or
   rewrites the header, and reports what it dropped in ``Index.repairs``.
 
-Search: a tower of at most ``exact_threshold`` vectors is scanned exactly (a float32 copy
-of its vectors, see :mod:`crossmodal.index_exact`), a larger one walks its HNSW graph;
-``search(..., exact=True/False)`` forces either.
+Search: exact scan or HNSW graph by the tower's size, see :mod:`crossmodal.index.search`.
+Turning texts and images into query vectors, and re-ranking, is the job of
+:class:`crossmodal.retriever.Retriever`.
 
 Concurrency: one writer per index (an exclusive ``flock`` held while open), any number of
 readers (``read_only=True``). Readers load under a shared lock which ``save`` takes
@@ -46,30 +42,26 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .durable_files import FileLock, atomic_write_bytes, file_digest, fsync_dir, fsync_file
-from .errors import IncompatibleTowersError, IndexStoreError, InputError
-from .index_bench import RecallReport, bench_recall
-from .index_exact import EXACT_SCAN_BUDGET, TABLE_BATCH, ExactMatrix, default_exact_threshold
-from .index_format import (
+from ..durable_files import FileLock, atomic_write_bytes, file_digest, fsync_dir, fsync_file
+from ..errors import IncompatibleTowersError, IndexStoreError, InputError
+from ..inputs import non_negative_int, optional_bool, positive_int
+from . import crash_points
+from .exact import default_exact_threshold
+from .format import (
     DEFAULT_CONNECTIVITY,
     DEFAULT_EXPANSION_ADD,
     DEFAULT_EXPANSION_SEARCH,
-    DTYPES,
-    FORMAT_VERSION,
     HEADER_FILE,
     KEY_MASK,
     LOCK_FILE,
     META_FILE,
-    METRICS,
     TOWERS,
     WRITER_LOCK_FILE,
     as_matrix,
@@ -79,52 +71,15 @@ from .index_format import (
     initial_state,
     key_from_sha256,
     relative_item_path,
-    text_key,
     vectors_file,
 )
-from .index_meta import ItemRow, MetaStore, connect, create_meta, read_state
-from .index_recovery import header_is_current, recover
+from .meta import ItemRow, MetaStore, connect, create_meta, read_state
+from .records import ItemRecord, SearchResult
+from .recovery import header_is_current, recover
+from .search import TowerSearch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from usearch.index import Index as _UIndex
-
-    from .manifest import BundleInfo
-    from .rerank import Reranker
-
-__all__ = [
-    "Index", "SearchResult", "ItemRecord", "RecallReport", "bench_recall", "content_key", "text_key",
-    "key_from_sha256", "vectors_file", "FORMAT_VERSION", "HEADER_FILE", "META_FILE", "LOCK_FILE",
-    "WRITER_LOCK_FILE", "METRICS", "DTYPES", "TOWERS", "KEY_MASK", "DEFAULT_CONNECTIVITY",
-    "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "EXACT_SCAN_BUDGET", "default_exact_threshold",
-]
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One hit. ``score`` is the cosine similarity (``metric='cos'``) or inner product (``'ip'``).
-
-    ``itm_score`` is set on hits re-scored by a re-ranker (``search_text(..., rerank=R)``):
-    the ITM match logit the hits are then ordered by; None otherwise.
-    """
-
-    key: int
-    score: float
-    path: str | None
-    caption: str | None
-    tower: str = "image"
-    itm_score: float | None = None
-
-
-@dataclass(frozen=True)
-class ItemRecord:
-    """Metadata of one indexed vector."""
-
-    key: int
-    tower: str
-    path: str | None
-    caption: str | None
-    sha256: str | None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    from ..manifest import BundleInfo
 
 
 class Index:
@@ -144,21 +99,13 @@ class Index:
         self._read_only = read_only
         self._writer_lock = writer_lock
         self._swap_lock = swap_lock
-        self._graphs: dict[str, _UIndex] = {}
+        # Each tower's graph and scan table (crossmodal.index.search), set by _load.
+        self._towers: dict[str, TowerSearch] = {}
         self._dirty: set[str] = set()
         self._closed = False
         self.repairs: list[str] = []
         self._ef: int | None = None
         self._exact_threshold: int | None = None
-        # Per-tower float32 copies for brute-force search (runtime/index_exact.py), built on a
-        # tower's second exact search, a 32+ query batch or warm_up(); kept in step by add/remove.
-        self._exact: dict[str, ExactMatrix] = {}
-        self._exact_calls: dict[str, int] = {}
-        # Held while a table is copied from a graph and while add/remove change a graph, so a
-        # table built in one thread never misses vectors another thread is adding.
-        self._table_lock = threading.Lock()
-        # Tests set this to observe (and kill the process at) each step of add/save.
-        self._hook: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------- construction
 
@@ -277,17 +224,16 @@ class Index:
 
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InputError(f"expansion_search must be a positive int, got {value!r}.")
+        value = positive_int("expansion_search", value)
         self._ef = value  # not persisted: the recorded default stays in meta.sqlite and the header
-        for graph in self._graphs.values():
-            graph.expansion_search = value
+        for t in self._towers.values():
+            t.graph.expansion_search = value
 
     @property
     def exact_threshold(self) -> int:
         """Towers with at most this many vectors are searched exactly by default (``exact=None``).
 
-        Defaults to :func:`~crossmodal.index_exact.default_exact_threshold` of the dim
+        Defaults to :func:`~crossmodal.index.exact.default_exact_threshold` of the dim
         (131,072 vectors at dim 512): up to it a scan is exact whatever the data and takes at
         most ~15 ms per query on 2 cores, while a graph can miss neighbours (README, Search).
         Set it (0 = always HNSW) for this instance only; not persisted.
@@ -296,14 +242,12 @@ class Index:
 
     @exact_threshold.setter
     def exact_threshold(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(f"exact_threshold must be an int >= 0, got {value!r}.")
-        self._exact_threshold = value
+        self._exact_threshold = non_negative_int("exact_threshold", value)
 
     def uses_exact(self, tower: str = "image") -> bool:
         """Whether a search of ``tower`` with ``exact=None`` (the default) scans every vector."""
         check_setting("tower", tower, TOWERS)
-        return len(self._graphs[tower]) <= self.exact_threshold
+        return self._towers[tower].uses_exact(self.exact_threshold)
 
     @property
     def root(self) -> str | None:
@@ -325,33 +269,32 @@ class Index:
         return int(self._state["generation"])
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._graphs.values())
+        return sum(len(t) for t in self._towers.values())
 
     def count(self, tower: str | None = None) -> int:
         """Number of vectors of one tower (or all)."""
         if tower is None:
             return len(self)
         check_setting("tower", tower, TOWERS)
-        return len(self._graphs[tower])
+        return len(self._towers[tower])
 
     def contains(self, key: int, tower: str = "image") -> bool:
         """Whether ``key`` is indexed for ``tower`` (thread-safe enough for ingest workers: read only)."""
-        return bool(self._graphs[tower].contains(int(key)))
+        return self._towers[tower].contains(key)
 
     def find_path(self, path: str | os.PathLike[str], *, tower: str = "image") -> list[int]:
         """Keys of ``tower`` items stored under ``path`` (one per content version ever indexed there)."""
         check_setting("tower", tower, TOWERS)
         keys = self._meta.keys_at_path(tower, relative_item_path(path, self.root))
-        return [k for k in keys if self._graphs[tower].contains(k)]
+        return [k for k in keys if self._towers[tower].contains(k)]
 
     def keys(self, tower: str = "image") -> set[int]:
         """The keys of ``tower`` held by this instance."""
         check_setting("tower", tower, TOWERS)
-        g = self._graphs[tower]
-        return set(np.asarray(g.keys, dtype=np.uint64).tolist()) if len(g) else set()
+        return self._towers[tower].keys()
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{t}={len(g)}" for t, g in self._graphs.items())
+        counts = ", ".join(f"{name}={len(t)}" for name, t in self._towers.items())
         return (f"Index({str(self._path)!r}, bundle={self.bundle!r}, dim={self.dim}, metric={self.metric!r}, "
                 f"dtype={self.dtype!r}, {counts}{', read_only' if self._read_only else ''})")
 
@@ -359,9 +302,9 @@ class Index:
 
     def _load(self, *, repair: bool, verify: bool) -> None:
         rec = recover(self._path, self._meta, read_only=self._read_only, repair=repair, verify=verify)
-        self._state, self._graphs = rec.state, rec.graphs
-        self._exact.clear()
-        self._exact_calls.clear()
+        self._state = rec.state
+        self._towers = {name: TowerSearch(graph, dim=self.dim, metric=self.metric, dtype=self.dtype)
+                        for name, graph in rec.graphs.items()}
         self._dirty |= rec.dirty
         self.repairs.extend(rec.repairs)
         if self._read_only:
@@ -402,12 +345,12 @@ class Index:
             for m, v in zip(metas, mat):
                 sha = m.get("sha256")
                 key_list.append(key_from_sha256(sha) if sha else content_key(v.tobytes())[0])
-        graph = self._graphs[tower]
+        searcher = self._towers[tower]
         seen: set[int] = set()
         rows, jrows, new_keys, new_idx = [], [], [], []
         now = time.time()
         for i, (key, meta) in enumerate(zip(key_list, metas)):
-            if key in seen or graph.contains(key):
+            if key in seen or searcher.contains(key):
                 continue
             seen.add(key)
             extra = {k: v for k, v in meta.items() if k not in ("path", "caption", "sha256")}
@@ -418,12 +361,9 @@ class Index:
             new_idx.append(i)
         if not new_keys:
             return np.zeros(0, dtype=np.uint64)
-        self._meta.add_items(rows, jrows, before_commit=lambda: self._run_hook("add:journaled"))
+        self._meta.add_items(rows, jrows)
         karr = np.asarray(new_keys, dtype=np.uint64)
-        with self._table_lock:
-            graph.add(karr, mat[new_idx])
-            if tower in self._exact:
-                self._exact[tower].add(karr, mat[new_idx])
+        searcher.add(karr, mat[new_idx])
         self._dirty.add(tower)
         return karr
 
@@ -431,21 +371,14 @@ class Index:
         """Remove keys (missing ones are ignored); durable when this returns. Returns how many were removed."""
         self._require_writable()
         check_setting("tower", tower, TOWERS)
-        graph = self._graphs[tower]
-        present = [int(k) for k in np.atleast_1d(np.asarray(keys, dtype=np.int64)) if graph.contains(int(k))]
+        searcher = self._towers[tower]
+        present = [int(k) for k in np.atleast_1d(np.asarray(keys, dtype=np.int64)) if searcher.contains(int(k))]
         if not present:
             return 0
         self._meta.delete_items(tower, present)
-        with self._table_lock:
-            graph.remove(np.asarray(present, dtype=np.uint64))
-            if tower in self._exact:
-                self._exact[tower].remove(present)
+        searcher.remove(present)
         self._dirty.add(tower)
         return len(present)
-
-    def _run_hook(self, step: str) -> None:
-        if self._hook is not None:
-            self._hook(step)
 
     def journal_size(self) -> int:
         """Vectors committed in the journal but not yet compacted into a graph file."""
@@ -463,28 +396,29 @@ class Index:
             written: dict[str, Path] = {}
             for tower in towers:
                 tmp = self._path / (vectors_file(tower) + ".tmp")
-                self._graphs[tower].save(str(tmp))
+                graph = self._towers[tower].graph
+                graph.save(str(tmp))
                 fsync_file(tmp)
                 digest, size = file_digest(tmp)
-                files[tower] = {"sha256": digest, "size": size, "count": len(self._graphs[tower])}
+                files[tower] = {"sha256": digest, "size": size, "count": len(graph)}
                 written[tower] = tmp
-            self._run_hook("save:tmp-written")
+            crash_points.reached("save:tmp-written")
             generation = self.generation + 1
             self._meta.commit_files(files, generation)
             self._state["files"] = files
             self._state["generation"] = generation
-            self._run_hook("save:committed")
+            crash_points.reached("save:committed")
             for tower, tmp in written.items():
                 os.replace(tmp, self._path / vectors_file(tower))
             fsync_dir(self._path)
-            self._run_hook("save:replaced")
+            crash_points.reached("save:replaced")
             self._write_header()
             self._dirty.clear()
         finally:
             self._swap_lock.release()
 
     def _write_header(self) -> None:
-        counts = {t: len(g) for t, g in self._graphs.items()}
+        counts = {name: len(t) for name, t in self._towers.items()}
         atomic_write_bytes(self._path / HEADER_FILE, header_bytes(self._state, counts))
 
     def close(self) -> None:
@@ -511,7 +445,8 @@ class Index:
 
     def get(self, key: int, *, tower: str = "image") -> ItemRecord | None:
         """Metadata of one key, or None."""
-        if not self._graphs[tower].contains(int(key)):
+        check_setting("tower", tower, TOWERS)
+        if not self._towers[tower].contains(key):
             return None
         return self._records(tower, [int(key)]).get(int(key))
 
@@ -521,7 +456,7 @@ class Index:
         A reader sees the items of the moment it opened, even while a writer adds more.
         """
         for row in self._meta.item_rows(tower):
-            if row[0] in self._graphs and self._graphs[row[0]].contains(int(row[1])):
+            if row[0] in self._towers and self._towers[row[0]].contains(row[1]):
                 yield self._record(row)
 
     def _record(self, row: ItemRow) -> ItemRecord:
@@ -546,20 +481,16 @@ class Index:
         """
         if self._closed:
             raise IndexStoreError(f"index {self._path} is closed.")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise InputError(f"k must be a positive integer, got {k!r}.")
-        if exact is not None and not isinstance(exact, bool):
-            raise InputError(f"exact must be True, False or None (automatic), got {exact!r}.")
+        k = positive_int("k", k)
+        exact = optional_bool("exact", exact)
         check_setting("tower", tower, TOWERS)
         mat, single = as_matrix(vectors, self.dim, "query vectors")
-        graph = self._graphs[tower]
-        n = len(graph)
+        searcher = self._towers[tower]
+        n = len(searcher)
         if n == 0 or len(mat) == 0:
             empty: list[list[SearchResult]] = [[] for _ in range(len(mat))]
             return empty[0] if single else empty
-        if exact is None:
-            exact = self.uses_exact(tower)
-        keys, scores, counts = self._top_k(tower, mat, min(int(k), n), exact)
+        keys, scores, counts = searcher.top_k(mat, min(k, n), exact=exact, threshold=self.exact_threshold)
         wanted = sorted({int(keys[i, j]) for i in range(len(mat)) for j in range(int(counts[i]))})
         recs = self._records(tower, wanted)
         out: list[list[SearchResult]] = []
@@ -574,34 +505,6 @@ class Index:
             out.append(row)
         return out[0] if single else out
 
-    def _top_k(self, tower: str, mat: NDArray[np.float32], k: int,
-               exact: bool) -> tuple[NDArray[np.uint64], NDArray[np.float32], NDArray[np.int64]]:
-        """``(keys, scores, counts)``: row i holds ``counts[i]`` valid hits, best first."""
-        graph = self._graphs[tower]
-        if exact and self.dtype == "f32":
-            calls = self._exact_calls[tower] = self._exact_calls.get(tower, 0) + 1
-            table = self._exact.get(tower)
-            if table is None and (calls > 1 or len(mat) >= TABLE_BATCH):
-                table = self._table(tower)
-            if table is not None:
-                keys, scores = table.search(mat, k)
-                return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
-        matches = graph.search(mat, k, exact=exact)
-        keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(mat), -1)
-        dists = np.asarray(matches.distances, dtype=np.float32).reshape(len(mat), -1)
-        # usearch answers a one-row batch with a plain Matches (no counts): every slot is filled.
-        counts = (np.asarray(matches.counts, dtype=np.int64).reshape(-1) if hasattr(matches, "counts")
-                  else np.full(len(mat), keys.shape[1], dtype=np.int64))
-        return keys, 1.0 - dists, counts
-
-    def _table(self, tower: str) -> ExactMatrix:
-        with self._table_lock:
-            table = self._exact.get(tower)
-            if table is None:
-                table = self._exact[tower] = ExactMatrix.from_graph(self._graphs[tower], self.dim,
-                                                                    self.metric == "cos")
-            return table
-
     def warm_up(self) -> None:
         """Build now what the first searches would otherwise build: the float32 scan table
         of each tower that the default search scans (f32 indexes; ~1 s per 100k x 512).
@@ -609,11 +512,8 @@ class Index:
         A service calls this once after :meth:`open`; without it the second exact search
         of a tower pays the build (the first scans inside usearch).
         """
-        if self.dtype != "f32":
-            return
-        for tower, graph in self._graphs.items():
-            if len(graph) and self.uses_exact(tower):
-                self._table(tower)
+        for searcher in self._towers.values():
+            searcher.warm_up(self.exact_threshold)
 
     def check_encoder(self, encoder: Any) -> None:
         """Raise IncompatibleTowersError unless ``encoder`` embeds into this index's space and dim."""
@@ -627,35 +527,5 @@ class Index:
                 f"but the encoder is bundle {name!r} (space {space!r}, dim {dim}). Query with a bundle of the "
                 "same space, or rebuild the index with `crossmodal index build`.")
 
-    def search_text(self, encoder: Any, texts: Sequence[str] | str, k: int = 10, *, tower: str = "image",
-                    exact: bool | None = None, rerank: int | None = None,
-                    reranker: "Reranker | None" = None) -> list[SearchResult] | list[list[SearchResult]]:
-        """Encode ``texts`` with ``encoder`` and search ``tower`` (text -> image by default).
 
-        With ``rerank=R`` (>= k) and a :class:`~crossmodal.rerank.Reranker` of the
-        index's bundle, the top ``R`` embedding hits are re-scored from their image
-        files and the best ``k`` by ITM score are returned (``itm_score`` set,
-        ``score`` still the cosine). Unreadable files keep their embedding rank
-        with ``itm_score=None``; see :mod:`crossmodal.index_rerank`.
-        """
-        from .index_rerank import check_rerank_args, rerank_hits
-
-        check_rerank_args(self.space, k, rerank, reranker, tower)
-        self.check_encoder(encoder)
-        vecs = encoder.encode_text(texts)
-        if rerank is None:
-            return self.search(vecs[0] if isinstance(texts, str) else vecs, k, tower=tower, exact=exact)
-        assert reranker is not None  # checked above
-        queries = [texts] if isinstance(texts, str) else list(texts)
-        hits = self.search(vecs, int(rerank), tower=tower, exact=exact)
-        out = [rerank_hits(h, q, reranker, int(k)) for h, q in zip(hits, queries)]  # type: ignore[arg-type]
-        return out[0] if isinstance(texts, str) else out
-
-    def search_image(self, encoder: Any, images: Any, k: int = 10, *, tower: str = "image",
-                     exact: bool | None = None) -> list[SearchResult] | list[list[SearchResult]]:
-        """Encode ``images`` (one source or a list) and search ``tower`` (image -> image by default,
-        ``tower='text'`` for image -> caption)."""
-        self.check_encoder(encoder)
-        single = not isinstance(images, (list, tuple))
-        vecs = encoder.encode_image(images)
-        return self.search(vecs[0] if single else vecs, k, tower=tower, exact=exact)
+__all__ = ["Index", "SearchResult", "ItemRecord"]
