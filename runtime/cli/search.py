@@ -1,0 +1,99 @@
+"""``crossmodal search INDEX "query" -k 5`` or ``--image PATH``: ranked hits as text or JSON.
+
+The query goes through :class:`crossmodal.retriever.Retriever`, the object the
+Python API and the service use, so the command answers what the library answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..inputs import positive_int
+from ..variants import DEFAULT_VARIANT
+from .index import recorded_bundle
+from .options import add_json, add_threads, add_top_k, add_variant, load_encoder, print_json
+
+
+def _target(idx: Any, given: str | None) -> str:
+    # An index of captions only (no images) is searched text -> text without --target.
+    if given is not None:
+        return given
+    return "text" if idx.count("image") == 0 and idx.count("text") > 0 else "image"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..index import Index
+    from ..retriever import Retriever
+
+    if (args.query is None) == (args.image is None):
+        raise InputError('give a query text or --image PATH (exactly one), e.g. crossmodal search INDEX "a dog" -k 5')
+    k = positive_int("-k/--top-k", args.top_k)
+    if args.rerank is not None and (args.image is not None or args.rerank < k):
+        raise InputError(f"--rerank R re-scores the top R hits of a text query: give a query text and R >= -k ({k}).")
+    idx = Index.open(args.index, read_only=True)
+    try:
+        bundle = recorded_bundle(idx, args.bundle)
+        target = _target(idx, args.target)
+        variant = args.variant or idx.info.get("variant")
+        reranker = None
+        if args.rerank is not None:
+            from ..rerank import Reranker
+
+            # The re-ranker's own text tower encodes the query too: one load, no second copy.
+            reranker = Reranker.load(bundle, variant=variant or DEFAULT_VARIANT, threads=args.threads)
+            enc = reranker.encoder
+        else:
+            enc = load_encoder(bundle, variant, "text" if args.query is not None else "image", args.threads)
+        retriever = Retriever(enc, idx, reranker)
+        if args.query is not None:
+            hits = retriever.search_text(args.query, k, tower=target, exact=args.exact, rerank=args.rerank)
+        else:
+            hits = retriever.search_image(str(args.image), k, tower=target, exact=args.exact)
+        searched = "exact" if (args.exact if args.exact is not None else idx.uses_exact(target)) else "hnsw"
+    finally:
+        idx.close()
+    rows = [{"rank": i + 1, "score": round(h.score, 6), "key": h.key, "path": h.path, "caption": h.caption}
+            for i, h in enumerate(hits)]
+    if args.rerank is not None:
+        for r, h in zip(rows, hits):  # None: the file could not be read, the hit kept its embedding rank
+            r["itm_score"] = None if h.itm_score is None else round(h.itm_score, 6)
+    if args.json:
+        print_json({"index": str(args.index), "query": args.query,
+                    "image": None if args.image is None else str(args.image), "target": target, "k": k,
+                    "rerank": args.rerank, "search": searched, "results": rows})
+        return 0
+    for r in rows:
+        itm = "" if args.rerank is None else ("   (unread)" if r["itm_score"] is None else f"  {r['itm_score']:+.4f}")
+        print(f"{r['rank']:>3}{itm}  {r['score']:.4f}  {r['path'] or '-'}" + (f"  {r['caption']}" if r["caption"] else ""))
+    if not rows:
+        print("(the index is empty)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    from ..index import TOWERS
+
+    p = sub.add_parser("search", help="query an index with a text or an image",
+                       description="Query an index with a text or an image; prints rank, score, path and caption.")
+    p.add_argument("index", type=Path, help="index directory written by `crossmodal index build`")
+    p.add_argument("query", nargs="?", help="query text (or give --image)")
+    p.add_argument("--image", type=Path, metavar="PATH", help="query image instead of a text")
+    add_top_k(p, default=5, what="results")
+    p.add_argument("--target", choices=TOWERS, default=None,
+                   help="search the images (default) or the embedded captions; an index of captions only is "
+                        "searched as text by default")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--exact", dest="exact", action="store_const", const=True, default=None,
+                      help="scan every vector (default while the index is below its exact threshold)")
+    mode.add_argument("--hnsw", dest="exact", action="store_const", const=False,
+                      help="walk the HNSW graph even for a small index")
+    p.add_argument("--rerank", type=int, metavar="R",
+                   help="re-score the top R (>= k) hits with the bundle's ITM re-ranker (ALBEF) and order by it")
+    p.add_argument("--bundle", type=Path, help="bundle to encode the query (default: the one recorded at build)")
+    add_variant(p, default=None, help="bundle variant to encode the query (default: the one the index was built with)")
+    add_threads(p)
+    add_json(p)
+    p.set_defaults(func=run)
