@@ -30,13 +30,15 @@ from numpy.typing import NDArray
 from crossmodal.errors import ArtifactError, InputError
 from crossmodal.gpu import DeviceInfo, EngineInfo, TensorRTSession, current_device, engine_file_name, engine_info_path, engine_manifest_json
 from crossmodal.manifest import MANIFEST_FILE, REFERENCE_FILE, TOKENIZER_FILE, TowerManifest, read_bundle, read_manifest
+from crossmodal.variants import TENSORRT, engine_variant
 
 from .artifact import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-VARIANT = "gpu-trt-fp16"
-SOURCE_VARIANT = "gpu-fp16"
+_TRT = engine_variant(TENSORRT)  # the variant table's TensorRT row
+VARIANT = _TRT.name
+SOURCE_VARIANT = str(_TRT.source)  # rows run by TensorRT always name the ONNX variant they are built from
 Profile = dict[str, dict[str, list[int]]]  # {"min"|"opt"|"max": {input name: shape}}
 
 

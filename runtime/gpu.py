@@ -22,6 +22,8 @@ bindings, the ones TensorRT's samples use). Nothing in this module has run on a
 GPU in this project's CI; the parts that need no GPU (engine naming, engine
 manifests, compatibility checks) are unit-tested with fake device info.
 
+Which of these runs a tower folder is decided in one place,
+:func:`crossmodal.session.open_session`, from the variant table's ``engine``.
 Heavy imports (onnxruntime, tensorrt, cuda) happen inside functions.
 """
 
@@ -31,21 +33,18 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ArtifactError, InputError, ProviderUnavailableError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .manifest import TowerManifest
+from .variants import TENSORRT, engine_variant
 
 ENGINE_SUFFIX = ".engine"
 _ENGINE_RE = re.compile(r"^model\.sm(?P<sm>\d+)\.trt(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<precision>int8))?\.engine$")
-TRT_INSTALL_HINT = (
-    "pip install 'crossmodal[gpu]' (tensorrt>=10 and cuda-python, with an NVIDIA driver and a visible GPU)"
-)
+TRT_VARIANT = engine_variant(TENSORRT)
+TRT_INSTALL_HINT = TRT_VARIANT.install
 
 
 # ----------------------------------------------------------------------------- device and engine identity
@@ -228,7 +227,7 @@ def _tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as exc:
-        raise ProviderUnavailableError(f"variant 'gpu-trt-fp16' needs TensorRT: {TRT_INSTALL_HINT}") from exc
+        raise ProviderUnavailableError(f"variant {TRT_VARIANT.name!r} needs TensorRT: {TRT_INSTALL_HINT}") from exc
     return tensorrt
 
 
@@ -407,41 +406,21 @@ class CudaIOBindingSession:
         return list(binding.copy_outputs_to_cpu())
 
 
-def wrap_session(session: Any, variant: str) -> Any:
-    """Give a ``gpu-fp16`` session IO binding when it really runs on CUDA; return others unchanged."""
-    if variant == "gpu-fp16" and "CUDAExecutionProvider" in session.get_providers():
+def with_io_binding(session: Any) -> Any:
+    """Give an onnxruntime session IO binding when CUDA really runs it; return others (CPU fallback) unchanged."""
+    if "CUDAExecutionProvider" in session.get_providers():
         return CudaIOBindingSession(session)
     return session
 
 
-def open_trt_session(
-    tower_dir: Path, manifest: "TowerManifest", *, allow_cpu_fallback: bool = False, threads: int | None = None,
-    device: DeviceInfo | None = None,
-) -> Any:
-    """Session for a ``gpu-trt-fp16`` tower folder: the engine built for this GPU.
+def open_trt_session(tower_dir: Path, *, device: DeviceInfo | None = None) -> TensorRTSession:
+    """The engine in a TensorRT tower folder built for this GPU (``device``: this machine's by default).
 
     Without TensorRT / CUDA this raises ProviderUnavailableError naming what to
-    install, unless ``allow_cpu_fallback``: then the sibling ``gpu-fp16`` ONNX
-    graph runs on the CPU provider (the engine itself cannot run on a CPU).
+    install; the CPU fallback is :func:`crossmodal.session.open_session`'s choice.
     """
-    tower_dir = Path(tower_dir)
-    try:
-        dev = device or current_device()
-    except ProviderUnavailableError:
-        if not allow_cpu_fallback:
-            raise
-        from .manifest import read_manifest
-        from .session import make_session
-
-        sibling = tower_dir.parent / "gpu-fp16"
-        if not (sibling / "manifest.json").is_file():
-            raise ArtifactError(
-                f"allow_cpu_fallback for {tower_dir} needs the gpu-fp16 ONNX graph next to it ({sibling}); "
-                "export it with --targets gpu-fp16"
-            ) from None
-        fp16 = read_manifest(sibling)
-        return make_session(sibling / fp16.model_file, "gpu-fp16", threads=threads, allow_cpu_fallback=True)
-    return TensorRTSession(select_engine(tower_dir, dev), device=dev)
+    dev = device or current_device()
+    return TensorRTSession(select_engine(Path(tower_dir), dev), device=dev)
 
 
 def engine_manifest_json(info: EngineInfo) -> str:
@@ -452,5 +431,5 @@ def engine_manifest_json(info: EngineInfo) -> str:
 __all__ = [
     "DeviceInfo", "EngineInfo", "TensorRTSession", "CudaIOBindingSession", "check_engine", "current_device",
     "engine_file_name", "parse_engine_file_name", "read_engine_info", "rebuild_command", "select_engine",
-    "open_trt_session", "wrap_session", "engine_manifest_json",
+    "open_trt_session", "with_io_binding", "engine_manifest_json",
 ]

@@ -9,10 +9,9 @@ from typing import Any, Sequence
 from .encoder import Encoder
 from .errors import ArtifactError, IncompatibleTowersError
 from .manifest import BundleInfo, TowerManifest, available_variants, read_bundle, read_manifest
-from .session import make_session
+from .session import open_session
 from .towers import ImageTower, TextTower
-
-DEFAULT_VARIANT = "cpu-fp32"
+from .variants import DEFAULT_VARIANT, TENSORRT, get_variant
 
 
 def _check_space(bundle_name: str, space: str, dim: int, manifest: TowerManifest, where: Path) -> None:
@@ -38,7 +37,7 @@ def load(
 
     Args:
         path: the bundle directory (holding ``bundle.json``).
-        variant: ``cpu-fp32`` (default), ``cpu-int8``, ``gpu-fp16``, ``gpu-trt-fp16``.
+        variant: one of :data:`crossmodal.variants.VARIANTS` (default ``cpu-fp32``).
         modality: ``None`` for every tower in the bundle, or ``"image"`` / ``"text"`` for one.
         threads: onnxruntime intra-op threads per tower (default: one per physical core).
         allow_cpu_fallback: run a GPU variant on the CPU when CUDA is missing instead of raising.
@@ -83,13 +82,20 @@ def open_tower(
     Returns ``(tower_dir, manifest, session)``. Shared by :func:`load` and
     :class:`crossmodal.rerank.Reranker` (which opens the ``rerank`` tower too).
     """
+    row = get_variant(variant)  # before the name becomes part of a path
     folder = bundle.towers[name]
     tower_dir = root / folder / variant
     if not tower_dir.is_dir():
         have = available_variants(root, folder)
+        if row.engine == TENSORRT:
+            from .gpu import rebuild_command
+
+            make = f"build it on the target machine with `{rebuild_command(root, name)}`"
+        else:
+            make = f"export it with `crossmodal export ... --targets {variant}`"
         raise ArtifactError(
             f"bundle {root} has no {variant!r} variant of its {name} tower (it has: {have or 'none'}); "
-            f"pass variant= one of those or export it with `crossmodal export ... --targets {variant}`"
+            f"pass variant= one of those or {make}"
         )
     manifest = read_manifest(tower_dir)
     if manifest.tower != name:
@@ -98,15 +104,6 @@ def open_tower(
     model = tower_dir / manifest.model_file
     if not model.is_file():
         raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
-    if variant == "gpu-trt-fp16" and not providers:
-        # Engines run on TensorRT's own runtime (see crossmodal.gpu), not through onnxruntime.
-        from .gpu import open_trt_session
-
-        session = open_trt_session(tower_dir, manifest, allow_cpu_fallback=allow_cpu_fallback, threads=threads)
-    else:
-        session = make_session(model, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
-        if variant == "gpu-fp16":
-            from .gpu import wrap_session
-
-            session = wrap_session(session, variant)  # IO binding when CUDA really runs it
+    session = open_session(tower_dir, manifest, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
+                           providers=providers)
     return tower_dir, manifest, session

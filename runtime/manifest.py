@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ArtifactError
+from .variants import VARIANTS
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -31,7 +32,6 @@ TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"  # inputs + PyTorch outputs, re-checked by `crossmodal verify`
 
 TOWERS = ("image", "text", "rerank")
-VARIANTS = ("cpu-fp32", "cpu-int8", "gpu-fp16", "gpu-trt-fp16")
 RESIZE_MODES = ("shortest_edge", "square")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 TEXT_CLEANINGS = ("none", "clip", "albef", "bert")

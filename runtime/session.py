@@ -1,34 +1,24 @@
-"""onnxruntime sessions: the one place that maps a variant to execution providers.
+"""Opening sessions: :func:`open_session` is the one place that decides what runs a tower folder.
 
-``onnxruntime`` is imported inside the functions so that ``import crossmodal``
-stays cheap and a missing install surfaces as a clear error at load time.
+What runs a variant, and on which providers, is the variant table's
+(:mod:`crossmodal.variants`); this module applies it. ``onnxruntime`` is
+imported inside the functions so that ``import crossmodal`` stays cheap and a
+missing install surfaces as a clear error at load time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import ArtifactError, ProviderUnavailableError
+from .errors import ArtifactError, InputError, ProviderUnavailableError
+from .inputs import positive_int
+from .variants import ONNXRUNTIME_CUDA, TENSORRT, get_variant
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
-# Variant -> providers in preference order. CPU is deliberately absent from the
-# GPU lists: a silent fallback would hide a broken CUDA install behind a 20x
-# slower service. Callers opt into fallback with ``allow_cpu_fallback``.
-VARIANT_PROVIDERS: dict[str, tuple[str, ...]] = {
-    "cpu-fp32": ("CPUExecutionProvider",),
-    "cpu-int8": ("CPUExecutionProvider",),
-    "gpu-fp16": ("CUDAExecutionProvider",),
-    "gpu-trt-fp16": ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
-}
-
-_INSTALL_HINT = {
-    "CPUExecutionProvider": "pip install 'crossmodal[cpu]' (onnxruntime)",
-    "CUDAExecutionProvider": "pip install 'crossmodal[gpu]' (onnxruntime-gpu, with a CUDA 12 runtime and a visible GPU)",
-    "TensorrtExecutionProvider": "pip install 'crossmodal[gpu]' and TensorRT 10 libraries on the library path",
-}
+    from .manifest import TowerManifest
 
 
 def import_onnxruntime() -> "onnxruntime":
@@ -43,23 +33,23 @@ def import_onnxruntime() -> "onnxruntime":
 
 
 def providers_for(variant: str, *, allow_cpu_fallback: bool = False) -> list[str]:
-    """Execution providers for ``variant`` that are present here, or ProviderUnavailableError."""
+    """The onnxruntime providers that run ``variant`` here, or ProviderUnavailableError saying what to install."""
+    row = get_variant(variant)
+    if not row.runs_onnx:
+        raise InputError(f"variant {variant!r} is a {row.engine} engine, not an onnxruntime graph; open it with open_session")
     ort = import_onnxruntime()
-    wanted = VARIANT_PROVIDERS.get(variant)
-    if wanted is None:
-        raise ArtifactError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_PROVIDERS)}")
     available = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in available]
-    if not chosen or (variant == "gpu-trt-fp16" and "TensorrtExecutionProvider" not in chosen):
+    missing = [p for p in row.providers if p not in available]
+    if missing:
         if allow_cpu_fallback:
             return ["CPUExecutionProvider"]
-        missing = [p for p in wanted if p not in available]
         raise ProviderUnavailableError(
             f"variant {variant!r} needs {', '.join(missing)}, which this onnxruntime "
             f"({ort.__version__}, providers: {', '.join(sorted(available))}) does not have. "
-            f"Install: {_INSTALL_HINT[missing[0]]}; or load a CPU variant (variant='cpu-int8'), "
+            f"Install: {row.install}; or load a CPU variant (variant='cpu-int8'), "
             "or pass allow_cpu_fallback=True to run the GPU graph on the CPU."
         )
+    chosen = list(row.providers)
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         # CPU stays last so that the few ops a GPU provider lacks (shape math) still run.
         chosen.append("CPUExecutionProvider")
@@ -74,20 +64,19 @@ def make_session(
     allow_cpu_fallback: bool = False,
     providers: Sequence[str] | None = None,
 ) -> "onnxruntime.InferenceSession":
-    """Create an InferenceSession for one tower graph.
+    """An onnxruntime InferenceSession for one ONNX graph file, on ``variant``'s providers (or ``providers``).
 
     ``threads`` sets onnxruntime's intra-op pool (``None`` = its default, one
     thread per physical core). Inter-op parallelism stays off: these graphs are
-    sequential chains where it only adds scheduling noise.
+    sequential chains where it only adds scheduling noise. Tower folders are
+    opened with :func:`open_session`, which also covers TensorRT engines and IO binding.
     """
     ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = positive_int("threads", threads)
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # warnings about unused initialisers are noise for users
     chosen = list(providers) if providers else providers_for(variant, allow_cpu_fallback=allow_cpu_fallback)
@@ -98,3 +87,65 @@ def make_session(
             f"onnxruntime cannot load {model_path} ({type(exc).__name__}: {exc}). "
             "The file may be corrupt or from a newer exporter: run `crossmodal verify` on the bundle or re-export it."
         ) from exc
+
+
+def open_session(
+    tower_dir: Path,
+    manifest: "TowerManifest",
+    variant: str,
+    *,
+    threads: int | None = None,
+    allow_cpu_fallback: bool = False,
+    providers: Sequence[str] | None = None,
+) -> Any:
+    """The session that runs the tower folder ``<bundle>/<tower>/<variant>``, chosen by the table's ``engine``.
+
+    * ``onnxruntime``: ``manifest.model_file`` on the variant's providers.
+    * ``onnxruntime-cuda``: the same, wrapped for IO binding when CUDA really runs it;
+      without CUDA, ProviderUnavailableError naming what to install, or (``allow_cpu_fallback``)
+      the same graph on the CPU provider.
+    * ``tensorrt``: the engine in the folder built for this GPU, run by TensorRT's own
+      runtime (:func:`crossmodal.gpu.open_trt_session`); without TensorRT / CUDA,
+      ProviderUnavailableError, or (``allow_cpu_fallback``) the ONNX graph of the
+      variant's ``source`` folder next to it (an engine cannot run on a CPU).
+
+    ``providers`` replaces the variant's onnxruntime providers (not for TensorRT engines).
+    Every returned session has onnxruntime's ``get_inputs`` / ``get_outputs`` / ``run``.
+    """
+    row = get_variant(variant)
+    tower_dir = Path(tower_dir)
+    if row.engine == TENSORRT:
+        if providers:
+            raise InputError(f"providers= selects onnxruntime providers; variant {variant!r} runs a TensorRT engine. "
+                             "Leave providers unset.")
+        from .gpu import open_trt_session
+
+        try:
+            return open_trt_session(tower_dir)
+        except ProviderUnavailableError:
+            if not allow_cpu_fallback or row.source is None:
+                raise
+        return _open_source(tower_dir, row.source, threads=threads)
+    session = make_session(tower_dir / manifest.model_file, variant, threads=threads,
+                           allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+    if row.engine == ONNXRUNTIME_CUDA:
+        from .gpu import with_io_binding
+
+        session = with_io_binding(session)
+    return session
+
+
+def _open_source(tower_dir: Path, source: str, *, threads: int | None) -> Any:
+    """CPU fallback of a derived variant: the graph of its ``source`` variant, next to it in the bundle."""
+    from .manifest import MANIFEST_FILE, read_manifest
+
+    sibling = tower_dir.parent / source
+    if not (sibling / MANIFEST_FILE).is_file():
+        raise ArtifactError(
+            f"allow_cpu_fallback for {tower_dir} needs the {source} ONNX graph next to it ({sibling}); "
+            f"export it with --targets {source}"
+        )
+    return open_session(sibling, read_manifest(sibling), source, threads=threads, allow_cpu_fallback=True)
+
+
+__all__ = ["import_onnxruntime", "providers_for", "make_session", "open_session"]

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .durable_files import file_digest
-from .errors import ArtifactError, ProviderUnavailableError
+from .errors import ArtifactError, ParityError, ProviderUnavailableError
 from .manifest import REFERENCE_FILE, available_variants, read_bundle, read_manifest
-from .session import make_session
+from .session import open_session
+from .similarity import parity
+from .variants import get_variant
 
 
 @dataclass(frozen=True)
@@ -40,32 +42,27 @@ def verify_variant(tower_dir: Path) -> VerifyResult:
     ref_path = tower_dir / REFERENCE_FILE
     if not ref_path.is_file():
         return VerifyResult(*tag, True, "sha256 ok; no reference.npz, parity not re-checked")
+    row = get_variant(manifest.variant)
     try:
-        if manifest.variant == "gpu-trt-fp16":
-            from .gpu import TensorRTSession
-
-            sess = TensorRTSession(model)
-        else:
-            # gpu-fp16 graphs run on the CPU provider too: parity is re-checked either way.
-            sess = make_session(model, manifest.variant, allow_cpu_fallback=manifest.variant == "gpu-fp16")
+        # An ONNX graph is re-checked on the CPU provider when its GPU provider is missing; a TensorRT
+        # engine only on TensorRT (its CPU fallback would re-check the source graph, not the engine).
+        sess = open_session(tower_dir, manifest, row.name, allow_cpu_fallback=row.runs_onnx)
     except ProviderUnavailableError as exc:
         return VerifyResult(*tag, True, f"sha256 ok; parity not re-checked here ({exc})")
+    except ArtifactError as exc:
+        return VerifyResult(*tag, False, f"sha256 ok; cannot open it here: {exc}")
     with np.load(ref_path, allow_pickle=False) as ref:
         feeds = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
         expected = ref["reference"]
-    got = sess.run([manifest.outputs[0].name], feeds)[0].astype(np.float64)
-    exp = expected.astype(np.float64)
-    if got.shape != exp.shape:
-        return VerifyResult(*tag, False, f"output shape {got.shape} != reference {exp.shape}")
-    if exp.ndim == 1:
-        got, exp = got[None], exp[None]
-    cos = np.sum(got * exp, 1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(exp, axis=1), 1e-300)
-    max_abs = float(np.abs(got - exp).max())
+    try:
+        p = parity(sess.run([manifest.outputs[0].name], feeds)[0], expected)
+    except ParityError as exc:
+        return VerifyResult(*tag, False, f"sha256 ok; {exc}")
     thresholds = dict(manifest.parity.get("thresholds") or {})
     min_cos_req = float(thresholds.get("min_cosine", 0.99))
     max_abs_req = thresholds.get("max_abs")
-    ok = float(cos.min()) >= min_cos_req and (max_abs_req is None or max_abs <= float(max_abs_req))
-    detail = f"sha256 ok; min cosine {cos.min():.6f} (needs >= {min_cos_req}), max abs {max_abs:.2e}"
+    ok = p.min_cosine >= min_cos_req and (max_abs_req is None or p.max_abs <= float(max_abs_req))
+    detail = f"sha256 ok; min cosine {p.min_cosine:.6f} (needs >= {min_cos_req}), max abs {p.max_abs:.2e}"
     if max_abs_req is not None:
         detail += f" (needs <= {max_abs_req})"
     return VerifyResult(*tag, ok, detail)

@@ -26,7 +26,7 @@ from crossmodal.gpu import (
     parse_engine_file_name,
     read_engine_info,
     select_engine,
-    wrap_session,
+    with_io_binding,
 )
 from crossmodal.manifest import read_manifest
 from crossmodal.session import import_onnxruntime
@@ -192,10 +192,13 @@ def test_trt_cli_without_tensorrt_says_what_to_install(shared_bundle: Path, caps
 
 
 def test_cpu_sessions_are_not_wrapped(shared_bundle: Path) -> None:
-    from crossmodal.session import make_session
+    from crossmodal.session import make_session, open_session
 
-    sess = make_session(shared_bundle / "image" / "gpu-fp16" / "model.onnx", "gpu-fp16", allow_cpu_fallback=True)
-    assert wrap_session(sess, "gpu-fp16") is sess  # CPU fallback: plain session.run, as before
+    sess = make_session(shared_bundle / "image" / "gpu-fp16" / "model.onnx", "gpu-fp16", providers=["CPUExecutionProvider"])
+    assert with_io_binding(sess) is sess  # CPU fallback: plain session.run, as before
+    folder = shared_bundle / "image" / "gpu-fp16"
+    on_cpu = open_session(folder, read_manifest(folder), "gpu-fp16", providers=["CPUExecutionProvider"])
+    assert not isinstance(on_cpu, CudaIOBindingSession)
     enc = crossmodal.load(shared_bundle, variant="cpu-fp32", modality="image")
     assert not isinstance(enc.image.session, CudaIOBindingSession)  # type: ignore[union-attr]
 
@@ -234,7 +237,7 @@ class _FakeCudaSession:
 
 def test_io_binding_places_inputs_once_and_outputs_on_device(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCudaSession()
-    wrapped = wrap_session(fake, "gpu-fp16")
+    wrapped = with_io_binding(fake)
     assert isinstance(wrapped, CudaIOBindingSession)
     placed: list[np.ndarray] = []
 
