@@ -6,10 +6,13 @@ an fsync of the parent directory. Used by the index store and by ``crossmodal ve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from .errors import IndexStoreError
 
 
 def fsync_dir(path: Path) -> None:
@@ -64,19 +67,50 @@ def matches_digest(path: Path, committed: Mapping[str, Any], *, full: bool) -> b
 
 
 class FileLock:
-    """An advisory ``flock`` on a file; a no-op where fcntl is missing (Windows)."""
+    """An advisory ``flock`` on a file: shared (readers) or exclusive (the writer).
+
+    Our own rather than the ``filelock`` package because the index needs shared locks
+    (many readers beside one writer, each blocking the writer's file swap) and
+    ``filelock`` only has exclusive ones. A lock that cannot be set up is an error, never a
+    silent no-op: continuing without it would let two writers, or a writer and a reader,
+    corrupt or misread the index. Two cases stay lock-free on purpose: platforms without
+    ``fcntl`` (Windows), and a reader whose index sits on a read-only file system, where
+    no writer can exist to race with.
+
+    ``create``: the writer's side, make the lock file if it is missing. A reader
+    (``create=False``) makes it too when it can (an index copied without its lock file).
+    Raises :class:`~crossmodal.errors.IndexStoreError` naming the file and what to do.
+    """
 
     def __init__(self, path: Path, *, create: bool) -> None:
         self.path = path
         self.fd: int | None = None
         try:
             import fcntl  # noqa: F401
+        except ImportError:  # pragma: no cover - Windows: no advisory locks
+            return
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o644)
+            return
+        except FileNotFoundError:
+            if create:
+                raise self._error("its folder does not exist", None)
+        except OSError as exc:
+            raise self._error("it cannot be opened", exc) from exc
+        # A reader and no lock file yet: make it, so a writer that starts later is still seen.
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise self._error("it is missing and cannot be created", exc) from exc
 
-            flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
-            self.fd = os.open(path, flags, 0o644)
-        except (ImportError, OSError):
-            # A read-only copy on a read-only medium has no writer to race with.
-            self.fd = None
+    def _error(self, what: str, exc: OSError | None) -> IndexStoreError:
+        why = f" ({exc.strerror or exc})" if exc is not None else ""
+        return IndexStoreError(
+            f"cannot lock {self.path}: {what}{why}. The lock keeps other processes from changing the index "
+            "under this one; make its folder writable by this user, or copy the index to a writable place "
+            "(read-only media need no lock)."
+        )
 
     def acquire(self, *, exclusive: bool, blocking: bool = True) -> bool:
         """Take the lock; with ``blocking=False`` return False instead of waiting."""

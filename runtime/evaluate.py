@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
+from .inputs import positive_int
 
 DATASETS = ("flickr30k", "coco")
 DEFAULT_KS = (1, 5, 10)
@@ -139,7 +140,8 @@ def scores_from_ranks(ranks: NDArray[np.int64], ks: Sequence[int] = DEFAULT_KS) 
     r = np.asarray(ranks)
     if r.size == 0:
         raise InputError("no queries to evaluate.")
-    return DirectionScores(recall={int(k): float(100.0 * (r < k).mean()) for k in ks},
+    ks = [positive_int("each K of ks", k) for k in ks]
+    return DirectionScores(recall={k: float(100.0 * (r < k).mean()) for k in ks},
                            mean_rank=float(r.mean() + 1), median_rank=float(np.median(r) + 1), n_queries=int(r.size))
 
 
@@ -185,6 +187,10 @@ def load_karpathy(root: str | os.PathLike[str], dataset: str, split: str = "test
     """
     if dataset not in DATASETS:
         raise InputError(f"--dataset must be one of {DATASETS}, got {dataset!r}.")
+    if captions_per_image is not None:
+        captions_per_image = positive_int("captions_per_image", captions_per_image)
+    if limit is not None:
+        limit = positive_int("limit", limit)
     root = Path(root)
     jp = Path(json_path) if json_path else find_karpathy_json(root, dataset)
     try:
@@ -232,18 +238,20 @@ def _resolve_image(root: Path, dataset: str, filepath: Any, filename: str) -> Pa
 
 def evaluate(encoder: Any, data: KarpathySplit, *, image_batch_size: int = 32, text_batch_size: int = 256,
              ks: Sequence[int] = DEFAULT_KS, progress: bool = False, stream: IO[str] | None = None) -> RetrievalScores:
-    """Embed ``data`` with ``encoder`` (both towers) and score it."""
-    from .ingest import ProgressBar
+    """Embed ``data`` with ``encoder`` (both towers) and score it; ``progress`` draws a bar on ``stream`` (stderr)."""
+    from .progress import progress_bar
 
-    chunk = max(image_batch_size * 8, 1)
-    bar = ProgressBar(len(data.image_paths), stream, enabled=progress)
+    image_batch_size = positive_int("image_batch_size", image_batch_size)
+    text_batch_size = positive_int("text_batch_size", text_batch_size)
+    ks = [positive_int("each K of ks", k) for k in ks]
+    # Chunks of several batches: the bar moves, and the encoder's decode-ahead still has batches to overlap.
+    chunk = image_batch_size * 8
     parts = []
-    for s in range(0, len(data.image_paths), chunk):
-        parts.append(encoder.encode_image([str(p) for p in data.image_paths[s:s + chunk]],
-                                          batch_size=image_batch_size))
-        done = min(s + chunk, len(data.image_paths))
-        bar.update(done, done)
-    bar.close(len(data.image_paths), len(data.image_paths))
+    with progress_bar(len(data.image_paths), desc="encoding images", enabled=progress, stream=stream) as bar:
+        for s in range(0, len(data.image_paths), chunk):
+            paths = [str(p) for p in data.image_paths[s:s + chunk]]
+            parts.append(encoder.encode_image(paths, batch_size=image_batch_size))
+            bar.update(len(paths))
     img = np.concatenate(parts)
     txt = encoder.encode_text(list(data.captions), batch_size=text_batch_size)
     return evaluate_embeddings(img, txt, data.text_to_image, ks=ks, dataset=data.dataset, split=data.split)

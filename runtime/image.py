@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, Sequence, Union
@@ -46,6 +47,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ArtifactError, ImageInputError
+from .inputs import image_batch
 from .manifest import ImagePreprocess
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, Image.Image, NDArray[np.uint8]]
@@ -449,14 +451,14 @@ def preprocess(
 
     Errors name the input by position, e.g. ``image #2 ('cat.jpg')``.
     """
-    if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)) or (
-        isinstance(images, np.ndarray) and images.ndim != 4
-    ):
+    if isinstance(images, Iterator):
+        images = list(images)  # generators and other one-shot iterables
+    items, single = image_batch(images)
+    if single:
         raise ImageInputError(
             f"preprocess() takes a sequence of images, got a single {_describe(images)}; wrap it in a list."
         )
-    if not isinstance(images, (Sequence, np.ndarray)):
-        images = list(images)  # generators and other one-shot iterables
+    images = items
     S = cfg.output_size
     out = np.empty((len(images), 3, S, S), dtype=np.float32)
     for i, source in enumerate(images):

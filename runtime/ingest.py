@@ -1,8 +1,9 @@
 """Folder ingestion: walk a folder, hash, decode in worker threads while the model runs, add to an index.
 
-The pipeline keeps both cores busy: a thread pool reads, hashes and decodes/preprocesses
-upcoming files (PIL and numpy release the GIL) while the main thread runs the image
-tower on the current fixed-size batch (onnxruntime releases the GIL too).
+The pipeline keeps both cores busy: the shared decode pool (:mod:`crossmodal.decode_pool`)
+reads, hashes and decodes/preprocesses upcoming files (PIL and numpy release the GIL)
+while the main thread runs the image tower on the current fixed-size batch (onnxruntime
+releases the GIL too).
 
 Resumable by construction: every batch is committed to the index journal as soon as it
 is embedded, and a file's key is the sha256 of its bytes, so a rerun only hashes files
@@ -17,11 +18,10 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping
@@ -29,8 +29,11 @@ from typing import IO, Any, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
+from .decode_pool import cancel, decode_pool
 from .errors import CrossmodalError, InputError
 from .index import Index, content_key, key_from_sha256
+from .inputs import positive_int
+from .progress import progress_bar
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CAPTION_IMAGE_FIELDS = ("image", "filename", "file", "path")
@@ -171,44 +174,6 @@ def read_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     return out
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class ProgressBar:
-    """``done/total images, images/s, ETA`` on one stderr line (a line every 5 s when not a TTY)."""
-
-    def __init__(self, total: int, stream: IO[str] | None = None, *, enabled: bool = True) -> None:
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.monotonic()
-        self._last = 0.0
-        self._interval = 0.2 if self.tty else 5.0
-
-    def update(self, done: int, embedded: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < self._interval):
-            return
-        self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        eta_s = "--:--" if eta == float("inf") else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
-        width = 24
-        filled = int(width * done / self.total) if self.total else width
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} images  "
-                f"{embedded / elapsed:.1f} img/s embedded  ETA {eta_s}")
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
-
-    def close(self, done: int, embedded: int) -> None:
-        self.update(done, embedded, force=True)
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -274,15 +239,17 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
     """Embed every new image under ``folder`` into ``index`` and return a report.
 
     ``batch_size`` images go through the model at once (the last batch may be smaller);
-    ``workers`` threads decode ahead. With ``captions`` (see :func:`read_captions`) each
+    ``workers`` threads of the shared decode pool decode ahead. ``progress`` draws a
+    bar on ``stream`` (stderr by default). With ``captions`` (see :func:`read_captions`) each
     new image's first caption is stored as its metadata and, when the encoder has a text
     tower, every caption is embedded into the index's ``text`` tower (image -> text search).
     The index journal makes every batch durable; the graph files are compacted when the
     journal exceeds ``max(compact_every, len(index) // 4)`` vectors and at the end, so an
     interrupted run loses at most the batch in flight.
     """
-    if batch_size <= 0 or workers <= 0:
-        raise InputError(f"batch_size and workers must be positive, got {batch_size} and {workers}.")
+    batch_size = positive_int("batch_size", batch_size)
+    workers = positive_int("workers", workers)
+    compact_every = positive_int("compact_every", compact_every)
     if encoder.image is None:
         raise InputError(f"bundle {encoder.bundle.name!r} was loaded without an image tower; load it with "
                          "modality=None or 'image' to index images.")
@@ -292,12 +259,11 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
     t0 = time.monotonic()
     files, skipped = walk_images(folder)
     report = IngestReport(folder=str(folder), found=len(files), skipped=skipped)
-    bar = ProgressBar(len(files), stream, enabled=progress)
+    bar = progress_bar(len(files), desc="indexing", enabled=progress, stream=stream)
     preparer = _Preparer(index, encoder.image)
     embed_text = bool(captions) and getattr(encoder, "text", None) is not None
     batch: list[_Prepared] = []
     since_compact = 0
-    done = 0
 
     text_rows: list[tuple[str, dict[str, Any]]] = []
 
@@ -339,7 +305,7 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
             since_compact = 0
 
     window = 2 * batch_size + workers  # enough queued work for the pool to decode the next batch meanwhile
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="crossmodal-decode")
+    pool = decode_pool(workers)
     pending: deque[Future[_Prepared]] = deque()
     todo = iter(files)
     try:
@@ -352,7 +318,6 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
             nxt = next(todo, None)
             if nxt is not None:
                 pending.append(pool.submit(preparer, nxt))
-            done += 1
             if item.status == "new":
                 batch.append(item)
                 if len(batch) >= batch_size:
@@ -367,15 +332,18 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
                     flush()
             else:
                 report.skipped.append(SkippedFile(str(item.path), item.reason))
-            bar.update(done, report.added + len(batch))
+            bar.set_postfix(embedded=report.added + len(batch), refresh=False)
+            bar.update()
         flush()
         index.save()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Files queued but not started are dropped; running ones only read and decode.
+        cancel(pending)
         report.seconds = time.monotonic() - t0
-        bar.close(done, report.added)
+        bar.set_postfix(embedded=report.added, refresh=False)
+        bar.close()
     return report
 
 
-__all__ = ["IngestReport", "SkippedFile", "ProgressBar", "walk_images", "read_captions", "ingest_folder",
+__all__ = ["IngestReport", "SkippedFile", "walk_images", "read_captions", "ingest_folder",
            "IMAGE_EXTENSIONS"]

@@ -19,7 +19,6 @@ higher is better). :class:`Reranker` loads all three and never imports torch.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,15 +26,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .decode_pool import gather, submit_each
 from .encoder import Encoder
 from .errors import ArtifactError, ImageInputError, InputError, TextInputError
+from .inputs import image_batch, positive_int, text_batch
 from .manifest import BundleInfo, TowerManifest, read_bundle
 from .towers import ImageTower, TextTower
+from .variants import DEFAULT_VARIANT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .image import ImageSource
 
-DEFAULT_VARIANT = "cpu-fp32"
 TOKEN_STATES = "token_states"
 RERANK_INPUTS = ("text_states", "attention_mask", "image_states")
 
@@ -55,14 +56,8 @@ class TextStates:
         return int(self.states.shape[0])
 
 
-def _check_k(k: int | None) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0):
-        raise InputError(f"k must be None or a positive integer, got {k!r}")
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+def _top_k(k: int | None) -> int | None:
+    return None if k is None else positive_int("k", k)
 
 
 def _ranked(scores: NDArray[np.float32], k: int | None) -> list[tuple[int, float]]:
@@ -177,33 +172,25 @@ class Reranker:
         feed = self.image.pixel_feed(pixel_values)
         return self.image.run_outputs(feed, [self._image_output])[self._image_output]
 
-    def image_states(self, images: Sequence["ImageSource"], batch_size: int = 16) -> NDArray[np.float32]:
-        """Image token states (n, tokens, width) of images (paths, bytes, PIL images, uint8 HxWxC arrays).
+    def image_states(self, images: Any, batch_size: int = 16) -> NDArray[np.float32]:
+        """Image token states (n, tokens, width) of one image or a batch (paths, bytes, PIL images, uint8 arrays).
 
-        Preprocessing is the image tower's own (the manifest's resize, mean, std).
+        Always 3-D: one image gives ``n = 1``. Preprocessing is the image tower's own
+        (the manifest's resize, mean, std).
         """
-        _check_batch_size(batch_size)
-        images = list(images)
-        if not images:
+        items, _ = image_batch(images)
+        batch_size = positive_int("batch_size", batch_size)
+        if not items:
             raise ImageInputError("got an empty list of images; pass at least one image")
-        outs = []
-        for start in range(0, len(images), batch_size):
-            try:
-                pixels = self.image.preprocess(images[start:start + batch_size])
-            except ImageInputError as exc:
-                msg = str(exc)
-                if start and msg.startswith("image #"):
-                    num, rest = msg[len("image #"):].split(":", 1)
-                    raise ImageInputError(f"image #{int(num) + start}:{rest}") from exc
-                raise
-            outs.append(self.pixel_states(pixels))
-        return np.concatenate(outs)
+        return np.concatenate([self.pixel_states(self.image.preprocess(items[start:start + batch_size], offset=start))
+                               for start in range(0, len(items), batch_size)])
 
     def preprocess_readable(self, images: Sequence["ImageSource"]) -> tuple[NDArray[np.float32], list[int], dict[int, str]]:
         """Preprocess what can be read: (pixels of the readable images, their indices, {index: error} of the rest).
 
         Used where one unreadable image must not sink the others (re-ranking index
-        hits whose files may have been moved since they were indexed).
+        hits whose files may have been moved since they were indexed). Decodes in the
+        shared decode pool (:mod:`crossmodal.decode_pool`).
         """
         size = self.image.input_size
 
@@ -213,8 +200,7 @@ class Reranker:
             except ImageInputError as exc:
                 return str(exc)
 
-        with ThreadPoolExecutor(max(1, self.image.workers)) as pool:
-            done = list(pool.map(one, images))
+        done = gather(submit_each(self.image.workers, one, images))
         ok = [i for i, d in enumerate(done) if not isinstance(d, str)]
         failed = {i: d for i, d in enumerate(done) if isinstance(d, str)}
         pixels = np.stack([done[i] for i in ok]) if ok else np.zeros((0, 3, size, size), np.float32)
@@ -223,11 +209,12 @@ class Reranker:
     def text_states(self, texts: Sequence[str] | str, batch_size: int = 64) -> TextStates:
         """Text token states and the mask they were computed with, all padded to the batch's longest text.
 
-        Captions are cleaned and tokenised by the text tower (the manifest's rule,
-        e.g. ALBEF's ``pre_caption`` and at most 30 tokens).
+        A str is one text (``n = 1``). Captions are cleaned and tokenised by the text
+        tower (the manifest's rule, e.g. ALBEF's ``pre_caption`` and at most 30 tokens).
         """
-        _check_batch_size(batch_size)
-        feeds = self.text.tokenize([texts] if isinstance(texts, str) else texts)
+        items, _ = text_batch(texts)
+        batch_size = positive_int("batch_size", batch_size)
+        feeds = self.text.tokenize(items)
         n = len(feeds["input_ids"])
         states = [
             self.text.run_outputs({k: v[i:i + batch_size] for k, v in feeds.items()}, [self._text_output])[self._text_output]
@@ -247,7 +234,7 @@ class Reranker:
 
     def score_states(self, image_states: NDArray[np.float32], text: TextStates, batch_size: int = 64) -> NDArray[np.float32]:
         """ITM scores (n_images, n_texts) from token states computed by :meth:`image_states` / :meth:`text_states`."""
-        _check_batch_size(batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         image_states = np.asarray(image_states, dtype=np.float32)
         if image_states.ndim != 3 or text.states.ndim != 3 or text.mask.shape != text.states.shape[:2]:
             raise InputError(f"token states have the wrong rank: image {image_states.shape}, text {text.states.shape}, "
@@ -273,37 +260,53 @@ class Reranker:
                                                      image_states[r:r + 1])
         return out
 
-    def score(self, images: Sequence["ImageSource"], texts: Sequence[str]) -> NDArray[np.float32]:
+    def score(self, images: Any, texts: Sequence[str]) -> NDArray[np.float32]:
         """ITM score of every (image, text) pair: float32 array (n_images, n_texts); higher = better match.
 
-        The score is the raw "match" logit of ALBEF's ITM head (``itm_logits[:, 1]``),
-        the number ALBEF's retrieval evaluation ranks its candidates by.
+        ``images`` is one image or a batch (:mod:`crossmodal.inputs`); the result is
+        always 2-D (one image gives one row). The score is the raw "match" logit of
+        ALBEF's ITM head (``itm_logits[:, 1]``), the number ALBEF's retrieval
+        evaluation ranks its candidates by.
         """
         if isinstance(texts, str):
             raise TextInputError("texts must be a list of strings; wrap a single text in a list")
-        return self.score_states(self.image_states(list(images)), self.text_states(list(texts)))
+        return self.score_states(self.image_states(images), self.text_states(texts))
 
-    def rerank_text(self, query_text: str, candidate_images: Sequence["ImageSource"],
-                    k: int | None = None) -> list[tuple[int, float]]:
-        """Text -> image: ``(index into candidate_images, ITM score)``, best first, at most ``k`` (default all)."""
-        if not isinstance(query_text, str):
-            raise TextInputError(f"query_text must be a str, got {type(query_text).__name__}")
-        _check_k(k)
-        candidates = list(candidate_images)
-        if not candidates:
-            return []
-        return _ranked(self.score(candidates, [query_text])[:, 0], k)
+    def rerank_text(self, query_text: str | Sequence[str], candidate_images: Any,
+                    k: int | None = None) -> list[tuple[int, float]] | list[list[tuple[int, float]]]:
+        """Text -> image: ``(index into candidate_images, ITM score)``, best first, at most ``k`` (default all).
 
-    def rerank_image(self, image: "ImageSource", candidate_texts: Sequence[str],
-                     k: int | None = None) -> list[tuple[int, float]]:
-        """Image -> text: ``(index into candidate_texts, ITM score)``, best first, at most ``k`` (default all)."""
-        _check_k(k)
+        One query gives one ranked list; a list of queries gives one list per query.
+        ``candidate_images`` is one image or a batch (a list, or a ``(n, H, W, C)`` array).
+        """
+        queries, single = text_batch(query_text)
+        k = _top_k(k)
+        candidates, _ = image_batch(candidate_images)
+        if not candidates or not queries:
+            ranked: list[list[tuple[int, float]]] = [[] for _ in queries]
+        else:
+            scores = self.score(candidates, queries)  # (n_candidates, n_queries)
+            ranked = [_ranked(scores[:, q], k) for q in range(len(queries))]
+        return ranked[0] if single else ranked
+
+    def rerank_image(self, image: Any, candidate_texts: Sequence[str],
+                     k: int | None = None) -> list[tuple[int, float]] | list[list[tuple[int, float]]]:
+        """Image -> text: ``(index into candidate_texts, ITM score)``, best first, at most ``k`` (default all).
+
+        One image gives one ranked list; a batch of images (a list, or a ``(n, H, W, C)``
+        array) gives one list per image.
+        """
+        k = _top_k(k)
         if isinstance(candidate_texts, str):
             raise TextInputError("candidate_texts must be a list of strings; wrap a single text in a list")
-        texts = list(candidate_texts)
-        if not texts:
-            return []
-        return _ranked(self.score([image], texts)[0], k)
+        texts, _ = text_batch(candidate_texts)
+        images, single = image_batch(image)
+        if not texts or not images:
+            ranked: list[list[tuple[int, float]]] = [[] for _ in images]
+        else:
+            scores = self.score(images, texts)  # (n_images, n_texts)
+            ranked = [_ranked(row, k) for row in scores]
+        return ranked[0] if single else ranked
 
     def __repr__(self) -> str:
         return f"Reranker(bundle={self.bundle.name!r}, variant={self.variant!r})"

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ArtifactError, TextInputError
+from .inputs import text_batch
 from .manifest import TextSettings
 from .text_cleaning import clean as clean_text
 
@@ -26,21 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _as_text_list(texts: Any) -> list[str]:
-    """Validate the user's batch: one str, or a non-empty sequence of str."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, np.ndarray):
-        if texts.ndim != 1:
-            raise TextInputError(f"texts: expected a 1-D array of str, got an array of shape {texts.shape}")
-        texts = texts.tolist()
-    elif not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)):
-        raise TextInputError(f"texts: expected a str or a sequence of str, got {type(texts).__name__}")
-    items = list(texts)
+    """The user's batch by :mod:`crossmodal.inputs`'s rule, refused when empty."""
+    items, _ = text_batch(texts)
     if not items:
         raise TextInputError("texts: the batch is empty; pass at least one string (an empty string is fine)")
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TextInputError(f"text #{i} is a {type(item).__name__} ({item!r:.40}), expected str")
     return items
 
 

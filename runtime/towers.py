@@ -7,23 +7,19 @@ describes. Both are thread-safe for concurrent ``encode`` calls
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .decode_pool import cancel, gather, submit_each
 from .errors import ArtifactError, ImageInputError, InputError, TextInputError
+from .inputs import image_batch, positive_int, text_batch
 from .manifest import TowerManifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .image import ImageSource
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 class Tower:
@@ -72,9 +68,8 @@ class ImageTower(Tower):
         super().__init__(path, manifest, session)
         assert manifest.preprocess is not None  # validated by TowerManifest
         self.preprocess_config = manifest.preprocess
-        self.workers = max(1, workers)
+        self.workers = positive_int("workers", workers)  # threads of the shared decode pool it uses
         self.fast_decode = fast_decode
-        self._pool: ThreadPoolExecutor | None = None  # decode threads, see _decode_pool
 
     @property
     def input_size(self) -> int:
@@ -88,25 +83,25 @@ class ImageTower(Tower):
         return preprocess_one(source, self.preprocess_config, name=name, fast_decode=self.fast_decode)
 
     def preprocess(self, sources: Sequence["ImageSource"], *, offset: int = 0) -> NDArray[np.float32]:
-        """Decode and preprocess a batch in worker threads (PIL releases the GIL).
+        """Decode and preprocess a batch in the shared decode pool (PIL releases the GIL).
 
         ``offset`` is the position of ``sources[0]`` in the caller's list, so an
         error names the image by its position there.
         """
         if len(sources) == 0:
             return np.zeros((0, 3, self.input_size, self.input_size), np.float32)
-        indices = range(offset, offset + len(sources))
-        if len(sources) == 1 or self.workers == 1:
-            return np.stack([self.preprocess_one(s, index=i) for s, i in zip(sources, indices)])
-        pool = self._decode_pool()
-        return np.stack(list(pool.map(lambda s, i: self.preprocess_one(s, index=i), sources, indices)))
+        if len(sources) == 1:  # a thread hop costs more than it overlaps
+            return self.preprocess_one(sources[0], index=offset)[None]
+        return self._collect(self._submit(sources, offset))
 
-    def _decode_pool(self) -> ThreadPoolExecutor:
-        # One pool per tower, created on first use and kept for its lifetime:
-        # starting threads per batch cost more than decoding a small image.
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="crossmodal-decode")
-        return self._pool
+    def _submit(self, sources: Sequence["ImageSource"], offset: int) -> list[Any]:
+        """Start decoding ``sources`` in the decode pool (see :mod:`crossmodal.decode_pool`)."""
+        return submit_each(self.workers, lambda job: self.preprocess_one(job[1], index=job[0]),
+                           enumerate(sources, offset))
+
+    @staticmethod
+    def _collect(futures: list[Any]) -> NDArray[np.float32]:
+        return np.stack(gather(futures))
 
     def pixel_feed(self, pixel_values: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """The graph's feed for already preprocessed pixels of shape (n, 3, S, S), shape-checked."""
@@ -120,24 +115,27 @@ class ImageTower(Tower):
         """Embed already preprocessed pixels of shape (n, 3, S, S)."""
         return self.run(self.pixel_feed(pixel_values))
 
-    def encode(self, images: Sequence["ImageSource"], batch_size: int = 16) -> NDArray[np.float32]:
-        """Embed images in batches of ``batch_size``; the next batch decodes while the model runs."""
-        _check_batch_size(batch_size)
-        if len(images) == 0:
+    def encode(self, images: Any, batch_size: int = 16) -> NDArray[np.float32]:
+        """Embed images (one or a batch, see :mod:`crossmodal.inputs`) -> (n, dim), in batches of ``batch_size``.
+
+        The next batch decodes in the shared decode pool while the model runs on the current one.
+        """
+        items, _ = image_batch(images)
+        batch_size = positive_int("batch_size", batch_size)
+        if not items:
             raise ImageInputError("encode_image got an empty list of images; pass at least one image")
-        chunks = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        if len(chunks) == 1:
-            return self.run_pixels(self.preprocess(chunks[0]))
+        if len(items) <= batch_size:
+            return self.run_pixels(self.preprocess(items))
         outs: list[NDArray[np.float32]] = []
-        # The next batch decodes in one prefetch thread (itself using the decode
-        # pool) while the model runs on the current one.
-        with ThreadPoolExecutor(1, thread_name_prefix="crossmodal-prefetch") as prefetch:
-            pending = prefetch.submit(self.preprocess, chunks[0], offset=0)
-            for k in range(len(chunks)):
-                pixels = pending.result()
-                if k + 1 < len(chunks):
-                    pending = prefetch.submit(self.preprocess, chunks[k + 1], offset=(k + 1) * batch_size)
+        pending = self._submit(items[:batch_size], 0)
+        try:
+            for start in range(0, len(items), batch_size):
+                pixels = self._collect(pending)
+                nxt = start + batch_size
+                pending = self._submit(items[nxt:nxt + batch_size], nxt)  # [] after the last batch
                 outs.append(self.run_pixels(pixels))
+        finally:
+            cancel(pending)  # a failed batch or model run: stop decoding images nobody will embed
         return np.concatenate(outs)
 
 
@@ -154,22 +152,19 @@ class TextTower(Tower):
     def tokenize(self, texts: Sequence[str]) -> dict[str, NDArray[np.int64]]:
         return self.tokenizer.encode(texts)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> NDArray[np.float32]:
-        """Embed texts in batches, each padded only to its own longest text.
+    def encode(self, texts: str | Sequence[str], batch_size: int = 64) -> NDArray[np.float32]:
+        """Embed texts (a str is one text) -> (n, dim), in batches each padded only to its own longest text.
 
         Texts are grouped by length first (and put back in order after), so a
         long text does not make every short one in its batch pay for padding.
         """
-        _check_batch_size(batch_size)
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TextInputError(f"text #{i} is a {type(t).__name__} ({t!r:.40}), expected str")
+        texts, _ = text_batch(texts)
+        batch_size = positive_int("batch_size", batch_size)
         if not texts:
             raise TextInputError("encode_text got an empty list of texts; pass at least one string")
         if len(texts) <= batch_size:
             return self.run(self.tokenize(texts))
-        order = np.argsort([len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
+        order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)
         for i in range(0, len(texts), batch_size):
             idx = order[i:i + batch_size]

@@ -10,15 +10,17 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crossmodal.errors import IncompatibleTowersError, InputError
+from crossmodal.decode_pool import THREAD_NAME_PREFIX
 from crossmodal.index import Index
-from crossmodal.ingest import ProgressBar, ingest_folder, read_captions, walk_images
+from crossmodal.ingest import ingest_folder, read_captions, walk_images
+from crossmodal.retriever import Retriever
 from helpers.datasets import colour_image, make_image_folder
 from helpers.fake_encoder import FakeEncoder
 
@@ -65,10 +67,11 @@ def test_ingest_indexes_good_files_and_reports_the_rest(tmp_path: Path, folder) 
     assert enc.image.embedded == 16  # type: ignore[union-attr]
 
     # text -> image and image -> image are meaningful with the fake encoder's colour vectors
-    top = idx.search_text(enc, "red", 4)
+    search = Retriever(enc, idx)
+    top = search.search_text("red", 4)
     assert {folder.colour_of[Path(h.path)] for h in top} == {"red"}
     probe = np.asarray(colour_image("blue", "flat", seed=123))
-    assert {folder.colour_of[Path(h.path)] for h in idx.search_image(enc, probe, 4)} == {"blue"}
+    assert {folder.colour_of[Path(h.path)] for h in search.search_image(probe, 4)} == {"blue"}
 
     # a second run hashes but never decodes or embeds again
     enc2 = FakeEncoder(DIM)
@@ -79,8 +82,8 @@ def test_ingest_indexes_good_files_and_reports_the_rest(tmp_path: Path, folder) 
     colour_image("white", "flat").save(folder.root / "flat" / "green_flat.png")
     third = ingest_folder(idx, FakeEncoder(DIM), folder.root, progress=False)
     assert third.added == 2 and third.replaced == 1 and len(idx) == 17  # the old green_flat content is gone
-    assert [h.path for h in idx.search_text(enc, "white", 1)] == [str(folder.root / "flat" / "green_flat.png")]
-    assert str(folder.root / "flat" / "green_flat.png") not in [h.path for h in idx.search_text(enc, "green", 3)]
+    assert [h.path for h in search.search_text("white", 1)] == [str(folder.root / "flat" / "green_flat.png")]
+    assert str(folder.root / "flat" / "green_flat.png") not in [h.path for h in search.search_text("green", 3)]
     idx.close()
     reopened = Index.open(tmp_path / "idx", read_only=True)
     assert len(reopened) == 17 and reopened.journal_size() == 0  # compacted at the end
@@ -134,10 +137,11 @@ def test_captions_jsonl_and_csv(tmp_path: Path, folder) -> None:
     idx = new_index(tmp_path, enc, folder.root)
     report = ingest_folder(idx, enc, folder.root, captions=caps, progress=False)
     assert report.captions_added == 5 and idx.count("text") == 5 and idx.count("image") == 16
-    green = idx.search_text(enc, "green", 4)
+    search = Retriever(enc, idx)
+    green = search.search_text("green", 4)
     assert [h.caption for h in green if h.path.endswith("green_flat.png")] == ["a green thing"]
     # image -> text: a green query image finds the green image's colour caption first
-    hits = idx.search_image(enc, np.asarray(colour_image("green", "flat", seed=5)), 5, tower="text")
+    hits = search.search_image(np.asarray(colour_image("green", "flat", seed=5)), 5, tower="text")
     assert hits[0].caption == "a green thing" and hits[0].path.endswith("flat/green_flat.png")
     assert {h.caption for h in hits} == {"a green thing", "emerald", "a blue square", "navy", "scarlet"}
     dup = [r for r in idx.items(tower="text") if r.caption == "scarlet"]
@@ -147,42 +151,70 @@ def test_captions_jsonl_and_csv(tmp_path: Path, folder) -> None:
     assert (again.added, again.captions_added) == (0, 0)
 
 
-class SlowDecode(FakeEncoder):
-    """Decoding costs 40 ms per image and the model 200 ms per batch (sleeps: no CPU needed)."""
+class OverlapProbe(FakeEncoder):
+    """Proves decoding runs while the model runs, by a handshake rather than by timing.
 
-    def __init__(self) -> None:
-        super().__init__(DIM, delay=0.2)
-        inner = self._image.preprocess_one
+    The first model call announces itself and then waits until a decode that was held back
+    until that announcement finishes: files outside the first batch (``first_batch``, their
+    bytes) decode only once the model is running, so none of them can finish early and let a
+    serial pipeline pass. A pipeline that decodes only between model calls never completes
+    the handshake (the wait times out and the test fails); an overlapping one completes it
+    however slow or busy the machine is.
+    """
 
-        def slow(source):
-            time.sleep(0.04)
-            return inner(source)
+    def __init__(self, first_batch: set[bytes]) -> None:
+        super().__init__(DIM)
+        self.model_running = threading.Event()
+        self.decoded_meanwhile = threading.Event()
+        self.decoder_threads: list[str] = []
+        self.handshake_done = False
+        decode, run = self._image.preprocess_one, self._image.run_pixels
 
-        self._image.preprocess_one = slow  # type: ignore[method-assign]
+        def probed_decode(source):
+            if source in first_batch:
+                return decode(source)
+            running = self.model_running.wait(timeout=60)
+            out = decode(source)
+            if running:
+                self.decoder_threads.append(threading.current_thread().name)
+                self.decoded_meanwhile.set()
+            return out
+
+        def probed_run(pixels):
+            if not self.model_running.is_set():
+                self.model_running.set()
+                self.handshake_done = self.decoded_meanwhile.wait(timeout=60)
+            return run(pixels)
+
+        self._image.preprocess_one = probed_decode  # type: ignore[method-assign]
+        self._image.run_pixels = probed_run  # type: ignore[method-assign]
 
 
 def test_decoding_overlaps_the_model(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "p", colours=("red", "green", "blue", "yellow"), extras=False)
-    enc = SlowDecode()
+    files, _ = walk_images(folder.root)
+    enc = OverlapProbe(first_batch={f.read_bytes() for f in files[:4]})
     idx = new_index(tmp_path, enc, folder.root)
-    t0 = time.monotonic()
     report = ingest_folder(idx, enc, folder.root, batch_size=4, workers=2, progress=False)
-    wall = time.monotonic() - t0
     assert report.added == 16 and enc._image.calls == 4  # fixed batch size: 4 batches of 4
-    serial = 16 * 0.04 + 4 * 0.2  # 1.44 s if decoding waited for the model
-    assert wall < 0.8 * serial, f"no overlap: {wall:.2f}s vs {serial:.2f}s serial"
+    assert enc.handshake_done, "no file was decoded while the model ran on the first batch"
+    assert len(enc.decoder_threads) == 12 and all(t.startswith(THREAD_NAME_PREFIX) for t in enc.decoder_threads)
 
 
-def test_progress_bar_format() -> None:
+def test_progress_goes_to_the_stream_and_progress_false_prints_nothing(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "p", colours=("red", "green"), extras=False)
+    enc = FakeEncoder(DIM)
+    idx = new_index(tmp_path, enc, folder.root)
     buf = io.StringIO()
-    bar = ProgressBar(10, buf)
-    bar.start -= 2.0  # 2 s elapsed
-    bar.update(4, 4, force=True)
-    line = buf.getvalue()
-    assert "4/10 images" in line and "2.0 img/s" in line and "ETA 00:03" in line and line.endswith("\n")
+    ingest_folder(idx, enc, folder.root, batch_size=3, progress=True, stream=buf)
+    final = buf.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("indexing: 100%") and "8/8" in final and "embedded=8" in final and "img/s" in final
     silent = io.StringIO()
-    ProgressBar(10, silent, enabled=False).close(10, 10)
-    assert silent.getvalue() == ""
+    again = ingest_folder(idx, FakeEncoder(DIM), folder.root, progress=False, stream=silent)
+    assert again.already_indexed == 8 and silent.getvalue() == ""
+    for bad in ({"batch_size": 0}, {"workers": True}, {"batch_size": 2.0}, {"compact_every": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            ingest_folder(idx, enc, folder.root, progress=False, **bad)
 
 
 BUILD = textwrap.dedent("""
@@ -251,7 +283,7 @@ def test_cli_build_search_add(tmp_path: Path, folder, fake_loader, capsys: pytes
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["added"] == 16 and len(report["skipped"]) == 6
-    assert "img/s embedded" in captured.err and "ETA" in captured.err  # the progress bar went to stderr
+    assert "20/20" in captured.err and "embedded=16" in captured.err  # the progress bar went to stderr
     assert fake_loader[-1] == (str(tmp_path / "bundle"), None, "image")
 
     assert main(["search", str(out), "a red thing", "-k", "3", "--json"]) == 0
