@@ -21,7 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ArtifactError, InputError, ProviderUnavailableError
+from .inputs import positive_int
 from .manifest import TowerManifest, available_variants, read_bundle, read_manifest
+from .variants import get_variant
 
 if TYPE_CHECKING:  # pragma: no cover
     from .image import ImageSource
@@ -73,7 +75,8 @@ class TritonEncoder:
         variant: which of the bundle's variants to read settings from (any
             present one: they share tokenizer and preprocessing).
         pad_multiple: bucket size for token lengths (see :func:`pad_sequences`); default 16, but 1
-            (no padding) for ``cpu-int8``, whose dynamic activation quantisation sees pad tokens.
+            (no padding) for variants whose output padding changes (``cpu-int8``: its dynamic
+            activation quantisation sees pad tokens; the table's ``pad_exact``).
         client: an object with tritonclient's ``infer`` signature (tests, custom transports).
     """
 
@@ -81,7 +84,9 @@ class TritonEncoder:
                  pad_multiple: int | None = None, client: Any = None, timeout_s: float = 60.0):
         self.bundle_dir = Path(bundle)
         self.bundle = read_bundle(self.bundle_dir)
-        self.pad_multiple = pad_multiple or (1 if variant == "cpu-int8" else 16)
+        if pad_multiple is None:
+            pad_multiple = 16 if variant is None or get_variant(variant).pad_exact else 1
+        self.pad_multiple = positive_int("pad_multiple", pad_multiple)
         self.manifests: dict[str, TowerManifest] = {}
         for tower in ("image", "text"):
             folder = self.bundle.towers.get(tower)

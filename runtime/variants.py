@@ -44,6 +44,7 @@ class Variant:
     exportable: bool
     triton: bool
     source: str | None = None
+    pad_exact: bool = True
     help: str = ""
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ TABLE: dict[str, Variant] = {
                 exportable=True, triton=True,
                 help="float32 ONNX on onnxruntime's CPU provider (the reference)"),
         Variant("cpu-int8", "cpu", "int8", ("CPUExecutionProvider",), ONNXRUNTIME, _CPU_INSTALL,
-                exportable=True, triton=True,
+                exportable=True, triton=True, pad_exact=False,
                 help="int8-quantised ONNX for CPUs (recipe measured at export)"),
         Variant("gpu-fp16", "gpu", "fp16", ("CUDAExecutionProvider",), ONNXRUNTIME_CUDA,
                 f"pip install {_GPU} (onnxruntime-gpu, with a CUDA 12 runtime and a visible GPU)",

@@ -18,7 +18,7 @@ import onnx
 import pytest
 
 from crossmodal.cli import main as cli_main
-from crossmodal.errors import ArtifactError
+from crossmodal.errors import ArtifactError, InputError
 from crossmodal.export.triton import TritonSettings, export_triton
 from crossmodal.gpu import DeviceInfo, EngineInfo
 from crossmodal.manifest import read_bundle, read_manifest
@@ -194,3 +194,7 @@ def test_client_does_not_pad_for_dynamic_int8(bundle: Path) -> None:
     assert client.pad_multiple == 1
     assert client.tokenize(["two dogs in the snow"])["input_ids"].shape == (1, 7)
     assert TritonEncoder(bundle, client=object(), variant="gpu-fp16").tokenize(["two dogs"])["input_ids"].shape == (1, 16)
+    with pytest.raises(ArtifactError, match="unknown variant 'cpu-int4'"):
+        TritonEncoder(bundle, client=object(), variant="cpu-int4")
+    with pytest.raises(InputError, match="pad_multiple must be a positive integer"):
+        TritonEncoder(bundle, client=object(), pad_multiple=0)

@@ -51,6 +51,7 @@ def test_rows_name_providers_engines_and_exports() -> None:
     assert all(TABLE[n].engine != TENSORRT for n in EXPORTABLE)
     assert get_variant("gpu-trt-fp16").source in EXPORTABLE
     assert TRITON == VARIANTS and DEFAULT_VARIANT == "cpu-fp32" and DEFAULT_VARIANT in EXPORTABLE
+    assert [n for n, v in TABLE.items() if not v.pad_exact] == ["cpu-int8"]  # the Triton client pads the others
 
 
 def test_every_other_list_is_the_table() -> None:
