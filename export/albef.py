@@ -26,7 +26,6 @@ normalised with the CLIP mean/std, as ALBEF's ``test_transform``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from pathlib import Path
@@ -39,10 +38,10 @@ from numpy.typing import NDArray
 from crossmodal.errors import ArtifactError
 from crossmodal.manifest import ImagePreprocess, TextSettings
 
-from .albef_checkpoint import LoadReport, card_names, load_albef, logit_scale
+from .albef_checkpoint import LoadReport, card_names, load_albef, logit_scale, read_config_file
 from .albef_model import AlbefModel
-from .cli_args import add_bundle_arguments
-from .pipeline import Thresholds, TowerSpec, export_bundle, random_pixels
+from .options import DEFAULT_TARGETS, ExportOptions
+from .pipeline import TowerSpec, export_bundle, random_pixels
 
 log = logging.getLogger(__name__)
 
@@ -230,67 +229,50 @@ def source_info(model_path: Path, config: str | Path, report: LoadReport, sha256
     info: dict[str, Any] = {"model": str(Path(model_path).resolve()), "file": Path(model_path).name, "sha256": sha256,
                             "config": str(config), **report.summary()}
     if str(config) in card_names():
-        from .albef_checkpoint import read_config_file
-
         card = read_config_file(str(config))
         info["card"] = {"name": card.get("config_name"), "url": card.get("checkpoint", {}).get("url")}
     return info
 
 
-def export_albef(
+def export(
     model_path: str | Path,
     config: str | Path,
-    out: str | Path,
-    targets: str | Sequence[str] = ("cpu-fp32", "cpu-int8"),
-    image_res: int | None = None,
+    options: ExportOptions,
     *,
-    vocab: str | Path = DEFAULT_VOCAB,
-    name: str | None = None,
-    space: str | None = None,
+    image_res: int | None = None,
+    vocab: str | Path | None = None,
     rerank: bool = True,
-    calib_dir: Path | None = None,
-    int8_recipe: str = "auto",
-    optimize: bool = True,
-    thresholds: Thresholds = Thresholds(),
 ) -> Path:
-    """Export an original ALBEF ``.pth`` to a bundle at ``out``; returns the bundle path.
+    """Export an original ALBEF ``.pth`` as ``options`` say; returns the bundle path.
 
     ``config`` is a card name (albef_4m, albef_14m, retrieval_coco,
     retrieval_flickr) or a config file in the original vocabulary;
     ``image_res`` overrides its resolution (position embeddings are then
-    interpolated bicubically, as the original fine-tuning does).
+    interpolated bicubically, as the original fine-tuning does). ``vocab``:
+    see :func:`resolve_vocab` (default: :data:`DEFAULT_VOCAB`). Without
+    ``options.calib_dir`` the image tower is calibrated on random pixels.
     """
     model_path = Path(model_path)
-    tokenizer = build_tokenizer(resolve_vocab(vocab))
+    tokenizer = build_tokenizer(resolve_vocab(vocab or DEFAULT_VOCAB))
     model, report = load_albef(model_path, config, image_res=image_res, with_rerank=rerank)
     for cat, keys in sorted(report.ignored.items()):
         log.info("ignored %d %s key(s), e.g. %s", len(keys), cat, keys[0])
     sha = _sha256(model_path)
-    specs = build_specs(model, tokenizer, rerank=rerank, calib_dir=calib_dir)
-    space = space or f"albef:{model_path.stem}:{sha[:12]}"
-    out = Path(out)
-    bundle = export_bundle(
-        out, name=name or out.name, family="albef", space=space, dim=model.config.embed_dim,
-        logit_scale=logit_scale(model.config.temp), source=source_info(model_path, config, report, sha),
-        specs=specs, targets=targets, thresholds=thresholds, int8_recipe=int8_recipe, optimize=optimize,
-        progress=print,
+    specs = build_specs(model, tokenizer, rerank=rerank, calib_dir=options.calib_dir)
+    return export_bundle(
+        options, family="albef", space=options.space or f"albef:{model_path.stem}:{sha[:12]}",
+        dim=model.config.embed_dim, logit_scale=logit_scale(model.config.temp),
+        source=source_info(model_path, config, report, sha), specs=specs,
     )
-    return bundle
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="original ALBEF checkpoint (.pth holding {'model': state_dict})")
-    p.add_argument("--config", required=True,
-                   help="albef_4m | albef_14m | retrieval_coco | retrieval_flickr, or a JSON/yaml config in the original vocabulary")
-    p.add_argument("--image-res", type=int, help="export resolution (default: the config's; pos_embed is interpolated)")
-    p.add_argument("--vocab", default=DEFAULT_VOCAB,
-                   help="bert-base-uncased vocab.txt, a directory holding it, or a hub id (default: bert-base-uncased)")
-    p.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranker graph")
-    add_bundle_arguments(p, space_help="embedding-space id (default: albef:<checkpoint stem>:<sha256 prefix>)",
-                         calib_help="folder of images for static int8 calibration (default: random pixels)")
+def export_albef(model_path: str | Path, config: str | Path, out: str | Path,
+                 targets: str | Sequence[str] = DEFAULT_TARGETS, image_res: int | None = None, *,
+                 vocab: str | Path | None = None, rerank: bool = True, **settings: Any) -> Path:
+    """Export an original ALBEF ``.pth`` to a bundle at ``out`` (see :func:`export`); returns the bundle path.
 
-
-def run(args: argparse.Namespace) -> Path:
-    return export_albef(args.model, args.config, args.out, args.targets, args.image_res, vocab=args.vocab,
-                        name=args.name, space=args.space, rerank=not args.no_rerank, calib_dir=args.calib,
-                        int8_recipe=args.int8_recipe, optimize=not args.no_optimize)
+    ``settings`` are the other :class:`~crossmodal.export.options.ExportOptions`
+    fields (``name``, ``space``, ``calib_dir``, ``int8_recipe``, ``optimize``, ``thresholds``).
+    """
+    return export(model_path, config, ExportOptions.create(out, targets, **settings), image_res=image_res,
+                  vocab=vocab, rerank=rerank)

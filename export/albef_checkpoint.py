@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from crossmodal.errors import ArtifactError
 
+from . import resources
 from .albef_model import AlbefConfig, AlbefModel, TextConfig, VisionConfig
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "models" / "cards"
 CARD_PREFIX = "albef_"
 LAYOUTS = ("pretrain", "retrieval")
 
@@ -166,14 +166,8 @@ def detect_layout(sd: Mapping[str, Any], where: str) -> str:
 
 
 def card_names() -> list[str]:
-    """Names accepted by ``--config`` (the ``config_name`` of each card under ``models/cards``)."""
-    import json
-
-    names: list[str] = []
-    for path in sorted(CARDS_DIR.glob(f"{CARD_PREFIX}*.json")):
-        with open(path, encoding="utf-8") as f:
-            names.append(str(json.load(f).get("config_name", path.stem)))
-    return names
+    """Names accepted by ``--config`` (the ``config_name`` of each shipped ALBEF card)."""
+    return [str(c.get("config_name", stem)) for stem, c in resources.cards(CARD_PREFIX).items()]
 
 
 def read_config_file(spec: str | Path) -> dict[str, Any]:
@@ -186,10 +180,10 @@ def read_config_file(spec: str | Path) -> dict[str, Any]:
     spec_str = str(spec)
     if isinstance(spec, str) and spec_str.replace("_", "").isalnum():
         # Bare names are cards: "albef_4m" -> albef_4m.json, "retrieval_coco" -> albef_retrieval_coco.json.
-        for candidate in (CARDS_DIR / f"{spec_str}.json", CARDS_DIR / f"{CARD_PREFIX}{spec_str}.json"):
-            if candidate.is_file():
-                with open(candidate, encoding="utf-8") as f:
-                    return json.load(f)
+        for stem in (spec_str, f"{CARD_PREFIX}{spec_str}"):
+            card = resources.card(stem)
+            if card is not None:
+                return card
     path = Path(spec_str)
     if not path.is_file():
         raise ArtifactError(

@@ -15,7 +15,6 @@ any length up to 77 (no padding to 77).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,14 +26,14 @@ from numpy.typing import NDArray
 from crossmodal.errors import ArtifactError
 from crossmodal.manifest import ImagePreprocess, TextSettings
 
-from .cli_args import add_bundle_arguments
-from .pipeline import Thresholds, TowerSpec, export_bundle, random_pixels
+from .options import DEFAULT_TARGETS, ExportOptions
+from .pipeline import TowerSpec, export_bundle, random_pixels
 from .sources import Source, read_json, resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.bin", "0_CLIPModel/*"]
+# What a CLIP checkpoint needs from the hub (also fetched by mbert's --image-model).
+CHECKPOINT_FILES = ["*.json", "*.txt", "*.safetensors", "*.bin", "0_CLIPModel/*"]
 
 # Fixed texts for parity checks: short queries, padding within a batch, the full context.
 PARITY_TEXTS = [
@@ -206,47 +205,26 @@ def build_specs(source: Source, *, calib_dir: Path | None = None, towers: Sequen
     return specs, facts
 
 
-def space_name(source: Source) -> str:
-    """Embedding-space id recorded in bundle.json: the checkpoint's hub id, or its folder name."""
-    return source.model if not Path(source.model).expanduser().exists() else Path(source.model).resolve().name
+def export(model: str, options: ExportOptions, *, towers: Sequence[str] = ("image", "text")) -> Path:
+    """Export a CLIP checkpoint (hub id or local dir) as ``options`` say; returns the bundle path.
 
-
-def export_clip(
-    model: str,
-    out: Path,
-    targets: str | Sequence[str] = ("cpu-fp32", "cpu-int8"),
-    *,
-    name: str | None = None,
-    space: str | None = None,
-    calib_dir: Path | None = None,
-    int8_recipe: str = "auto",
-    optimize: bool = True,
-    thresholds: Thresholds = Thresholds(),
-    towers: Sequence[str] = ("image", "text"),
-) -> Path:
-    """Export a CLIP checkpoint to a bundle at ``out``; returns the bundle path."""
-    source = resolve(model, allow_patterns=_PATTERNS)
-    specs, facts = build_specs(source, calib_dir=calib_dir, towers=towers)
-    space = space or space_name(source)
+    The space defaults to the checkpoint's id (:attr:`Source.space`); images
+    for int8 calibration come from ``options.calib_dir`` only (the command line
+    defaults it to the shipped example images).
+    """
+    source = resolve(model, allow_patterns=CHECKPOINT_FILES)
+    specs, facts = build_specs(source, calib_dir=options.calib_dir, towers=towers)
     return export_bundle(
-        Path(out), name=name or Path(out).name, family="clip", space=space, dim=facts["dim"],
-        logit_scale=facts["logit_scale"], source=source.to_dict(), specs=specs, targets=targets,
-        thresholds=thresholds, int8_recipe=int8_recipe, optimize=optimize, progress=print,
+        options, family="clip", space=options.space or source.space, dim=facts["dim"],
+        logit_scale=facts["logit_scale"], source=source.to_dict(), specs=specs,
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local dir (transformers CLIP or sentence-transformers clip-ViT-*)")
-    add_bundle_arguments(p, space_help="embedding-space id (default: the model id)",
-                         calib_help="folder of images for static int8 calibration (default: examples/images)")
+def export_clip(model: str, out: str | Path, targets: str | Sequence[str] = DEFAULT_TARGETS, *,
+                towers: Sequence[str] = ("image", "text"), **settings: Any) -> Path:
+    """Export a CLIP checkpoint to a bundle at ``out``; returns the bundle path.
 
-
-def run(args: argparse.Namespace) -> Path:
-    calib = args.calib or _default_calib_dir()
-    return export_clip(args.model, args.out, args.targets, name=args.name, space=args.space, calib_dir=calib,
-                       int8_recipe=args.int8_recipe, optimize=not args.no_optimize)
-
-
-def _default_calib_dir() -> Path | None:
-    here = Path(__file__).resolve().parent.parent / "examples" / "images"
-    return here if here.is_dir() else None
+    ``settings`` are the other :class:`~crossmodal.export.options.ExportOptions`
+    fields (``name``, ``space``, ``calib_dir``, ``int8_recipe``, ``optimize``, ``thresholds``).
+    """
+    return export(model, ExportOptions.create(out, targets, **settings), towers=towers)

@@ -27,7 +27,6 @@ sentence-transformers' MultipleNegativesRankingLoss default scale).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -40,16 +39,14 @@ from numpy.typing import NDArray
 from crossmodal.errors import ArtifactError, IncompatibleTowersError
 from crossmodal.manifest import TextSettings, read_bundle, read_manifest
 
-from . import artifact
-from .cli_args import add_bundle_arguments
+from . import artifact, resources
 from .mbert_sources import TextEncoderParts, read_parts
-from .pipeline import Thresholds, TowerSpec, export_bundle, parse_targets
-from .sources import Source, resolve
+from .options import DEFAULT_TARGETS, ExportOptions
+from .pipeline import TowerSpec, export_bundle
+from .sources import resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sentence-transformers/clip-ViT-B-32-multilingual-v1"
-CARDS_DIR = Path(__file__).resolve().parent.parent / "models" / "cards"
 CARD_PREFIX = "mbert-"
 _PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.pkl", "*/*.json", "*/*.txt", "*/*.safetensors"]
 TEXT_ONLY_LOGIT_SCALE = 20.0
@@ -229,12 +226,8 @@ def _key(name: str) -> str:
 
 
 def load_cards() -> list[dict[str, Any]]:
-    """Every ``models/cards/mbert-*.json``."""
-    cards = []
-    for p in sorted(CARDS_DIR.glob(f"{CARD_PREFIX}*.json")):
-        with open(p, encoding="utf-8") as f:
-            cards.append(json.load(f))
-    return cards
+    """Every shipped pairing card (``models/cards/mbert-*.json`` in the source tree)."""
+    return list(resources.cards(CARD_PREFIX).values())
 
 
 def find_card(model: str, name: str | None = None) -> dict[str, Any] | None:
@@ -273,35 +266,26 @@ def _check_dims(text_dim: int, image_dim: int, what: str) -> None:
         )
 
 
-def space_name(source: Source) -> str:
-    """The text model's own space id: its hub id, or its folder name."""
-    return source.model if not Path(source.model).expanduser().exists() else Path(source.model).resolve().name
-
-
-def export_mbert(
+def export(
     model: str,
-    out: Path,
-    targets: str | Sequence[str] = ("cpu-fp32", "cpu-int8"),
+    options: ExportOptions,
     *,
     image_bundle: Path | None = None,
     image_model: str | None = None,
-    name: str | None = None,
-    space: str | None = None,
     head: Path | None = None,
     base_config: Path | None = None,
     card: str | None = None,
     force_pairing: bool = False,
-    calib_dir: Path | None = None,
-    int8_recipe: str = "auto",
-    optimize: bool = True,
-    thresholds: Thresholds = Thresholds(),
 ) -> Path:
-    """Export a multilingual text encoder (optionally with its CLIP image tower) to a bundle at ``out``."""
+    """Export a multilingual text encoder (optionally with its CLIP image tower) as ``options`` say.
+
+    ``options.calib_dir`` calibrates the image tower of ``image_model`` only.
+    """
     if image_bundle is not None and image_model is not None:
         raise ArtifactError("pass either --image-bundle or --image-model, not both")
-    if space is not None and (image_bundle is not None or image_model is not None):
+    if options.space is not None and (image_bundle is not None or image_model is not None):
         raise ArtifactError("--space names the space of a text-only bundle; a paired bundle takes the CLIP's space")
-    target_list = parse_targets(targets)
+    target_list = list(options.targets)
     source = resolve(model, allow_patterns=_PATTERNS)
     if not any(source.path.glob("*.safetensors")) and not any(source.path.glob("*/*.safetensors")):
         # Older hub repos (M-CLIP/*) ship pytorch_model.bin only; fetch it only when no safetensors exist.
@@ -320,8 +304,8 @@ def export_mbert(
     if image_model is not None:
         from . import clip
 
-        clip_source = resolve(image_model, allow_patterns=clip._PATTERNS)
-        check_pairing(model_card, clip.space_name(clip_source), force_pairing)
+        clip_source = resolve(image_model, allow_patterns=clip.CHECKPOINT_FILES)
+        check_pairing(model_card, clip_source.space, force_pairing)
 
     parts = read_parts(source.path, head=head, base_config_path=base_config)
     text_spec = build_text_spec(parts)
@@ -338,7 +322,7 @@ def export_mbert(
         for v in variants:
             _check_dims(parts.dim, read_manifest(image_bundle / folder / v).dim, f"bundle {image_bundle}")
         for v in variants:
-            artifact.copy_tower(image_bundle, folder, Path(out), "image", v)
+            artifact.copy_tower(image_bundle, folder, options.out, "image", v)
         extra_towers["image"] = "image"
         bundle_space, logit_scale, dim = bundle_info.space, bundle_info.logit_scale, bundle_info.dim
         pairing = {"image": {"bundle": str(image_bundle.resolve()), "space": bundle_info.space,
@@ -347,47 +331,31 @@ def export_mbert(
     elif clip_source is not None:
         from . import clip
 
-        clip_space = clip.space_name(clip_source)
-        image_specs, facts = clip.build_specs(clip_source, calib_dir=calib_dir, towers=("image",))
+        clip_space = clip_source.space
+        image_specs, facts = clip.build_specs(clip_source, calib_dir=options.calib_dir, towers=("image",))
         _check_dims(parts.dim, int(facts["dim"]), f"CLIP {image_model}")
         specs = image_specs + specs
         bundle_space, logit_scale, dim = clip_space, float(facts["logit_scale"]), int(facts["dim"])
         pairing = {"image": {"space": clip_space, "source": clip_source.to_dict()}, "text": source_dict,
                    "forced": bool(force_pairing)}
     else:
-        bundle_space, logit_scale, dim = space or space_name(source), TEXT_ONLY_LOGIT_SCALE, parts.dim
+        bundle_space, logit_scale, dim = options.space or source.space, TEXT_ONLY_LOGIT_SCALE, parts.dim
         pairing = {"text": source_dict}
 
     return export_bundle(
-        Path(out), name=name or Path(out).name, family="mbert", space=bundle_space, dim=dim,
-        logit_scale=logit_scale, source=source_dict, specs=specs, targets=target_list, thresholds=thresholds,
-        int8_recipe=int8_recipe, optimize=optimize, extra_towers=extra_towers, pairing=pairing, progress=print,
+        options, family="mbert", space=bundle_space, dim=dim, logit_scale=logit_scale, source=source_dict,
+        specs=specs, extra_towers=extra_towers, pairing=pairing,
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id or local dir: sentence-transformers model, M-CLIP checkpoint, or legacy M-BERT dir")
-    image = p.add_mutually_exclusive_group()
-    image.add_argument("--image-bundle", type=Path, help="exported CLIP bundle whose image tower is copied in")
-    image.add_argument("--image-model", help="CLIP hub id or dir whose image tower is exported alongside")
-    p.add_argument("--force-pairing", action="store_true",
-                   help="pair with a CLIP other than the one the model card names (dims must still agree)")
-    p.add_argument("--card", help="model card name under models/cards (default: matched by --model)")
-    p.add_argument("--head", type=Path, help="legacy M-BERT: the '* Linear Weights.pkl' head file")
-    p.add_argument("--base-config", type=Path, help="M-CLIP: config.json of the base transformer (modelBase)")
-    add_bundle_arguments(p, space_help="text-only bundles: embedding-space id (default: the model id)",
-                         calib_help="--image-model: folder of images for static int8 calibration")
+def export_mbert(model: str, out: str | Path, targets: str | Sequence[str] = DEFAULT_TARGETS, *,
+                 image_bundle: Path | None = None, image_model: str | None = None, head: Path | None = None,
+                 base_config: Path | None = None, card: str | None = None, force_pairing: bool = False,
+                 **settings: Any) -> Path:
+    """Export a multilingual text encoder (optionally with its CLIP image tower) to a bundle at ``out``.
 
-
-def run(args: argparse.Namespace) -> Path:
-    calib = args.calib
-    if calib is None and args.image_model:
-        from .clip import _default_calib_dir
-
-        calib = _default_calib_dir()
-    return export_mbert(
-        args.model, args.out, args.targets, image_bundle=args.image_bundle, image_model=args.image_model,
-        name=args.name, space=args.space, head=args.head, base_config=args.base_config, card=args.card,
-        force_pairing=args.force_pairing, calib_dir=calib, int8_recipe=args.int8_recipe, optimize=not args.no_optimize,
-    )
+    ``settings`` are the other :class:`~crossmodal.export.options.ExportOptions`
+    fields (``name``, ``space``, ``calib_dir``, ``int8_recipe``, ``optimize``, ``thresholds``).
+    """
+    return export(model, ExportOptions.create(out, targets, **settings), image_bundle=image_bundle,
+                  image_model=image_model, head=head, base_config=base_config, card=card, force_pairing=force_pairing)

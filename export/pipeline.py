@@ -23,30 +23,19 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from crossmodal.manifest import FORMAT_VERSION, VARIANTS, BundleInfo, ImagePreprocess, TextSettings, read_bundle
 from crossmodal.errors import ArtifactError
+from crossmodal.manifest import FORMAT_VERSION, BundleInfo, ImagePreprocess, TextSettings, read_bundle
+from crossmodal.variants import EXPORTABLE, get_variant
 
 from . import artifact
-from .onnx_export import DEFAULT_OPSET, export_onnx, run_torch
 from .measure import parity_against
-from .optimize import optimize_with_parity
+from .onnx_export import DEFAULT_OPSET, export_onnx, run_torch
+from .optimize import OptimizeResult, optimize_with_parity
+from .options import ExportOptions, Thresholds, parse_targets
 from .parity import Parity, require
 from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
-
-EXPORTABLE_TARGETS = ("cpu-fp32", "cpu-int8", "gpu-fp16")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Parity every written graph must meet against the PyTorch reference."""
-
-    fp32_min_cosine: float = 0.99999
-    fp32_max_abs: float = 1e-4
-    int8_min_cosine: float = 0.99
-    fp16_min_cosine: float = 0.999
-    fp16_max_abs: float = 5e-3
 
 
 @dataclass
@@ -75,16 +64,6 @@ class TowerSpec:
     secondary_outputs: dict[str, float] = field(default_factory=dict)
 
 
-def parse_targets(targets: str | Sequence[str]) -> list[str]:
-    """'cpu-fp32,cpu-int8' -> validated list."""
-    items = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
-    bad = [t for t in items if t not in EXPORTABLE_TARGETS]
-    if bad or not items:
-        hint = " (TensorRT engines are built on the GPU machine with `crossmodal trt build`)" if "gpu-trt-fp16" in bad else ""
-        raise ValueError(f"unknown export target(s) {bad or items}; choose from {', '.join(EXPORTABLE_TARGETS)}{hint}")
-    return items
-
-
 def _tensor_specs(names: Sequence[str], arrays: Sequence[NDArray], dynamic_axes: Mapping[str, Mapping[int, str]]) -> list[dict[str, Any]]:
     specs = []
     for name, arr in zip(names, arrays):
@@ -100,12 +79,17 @@ def _timing_feed(spec: TowerSpec) -> dict[str, NDArray]:
 
 
 def _check_secondary(spec: TowerSpec, path: Path, reference: Sequence[Sequence[NDArray]], variant: str,
-                     min_cosine: float, exact: bool) -> dict[str, Any]:
-    """Gate the extra outputs of a graph before it is written; returns their parity for the manifest."""
+                     limits: Mapping[str, float]) -> dict[str, Any]:
+    """Gate the extra outputs of a graph before it is written; returns their parity for the manifest.
+
+    A variant gated on ``max_abs`` is held to each output's own bound (token
+    states are not unit vectors); the others to the variant's cosine only.
+    """
     out: dict[str, Any] = {}
+    exact = "max_abs" in limits
     for name, max_abs in spec.secondary_outputs.items():
         p = parity_against(reference, path, spec.parity_inputs, output=spec.output_names.index(name))
-        require(p, min_cosine=min_cosine, max_abs=max_abs if exact else None,
+        require(p, min_cosine=limits["min_cosine"], max_abs=max_abs if exact else None,
                 what=f"{spec.folder or spec.tower} tower {variant} output {name!r}")
         out[name] = p.to_dict()
     return out
@@ -140,110 +124,152 @@ def _manifest_fields(
     }
 
 
+@dataclass
+class TowerRun:
+    """One tower on its way into a bundle: what every variant's recipe starts from."""
+
+    spec: TowerSpec
+    options: ExportOptions
+    workdir: Path
+    raw: Path  # the traced fp32 graph, unfused
+    reference: list[list[NDArray]]  # PyTorch outputs per parity input
+    optimized: OptimizeResult  # the fastest fp32 graph that keeps parity (``raw`` when no rewrite does)
+
+    @property
+    def folder(self) -> str:
+        return self.spec.folder or self.spec.tower
+
+
+@dataclass(frozen=True)
+class Built:
+    """A variant's graph, measured against the reference, before it is gated and written."""
+
+    path: Path
+    parity: Parity
+    rewrites: Sequence[str] = ()
+    quantization: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # merged into the manifest's ``extra``
+    summary: Mapping[str, Any] = field(default_factory=dict)  # shown in the export's closing lines
+
+
+def _build_fp32(run: TowerRun) -> Built:
+    opt = run.optimized
+    return Built(opt.path, opt.parity, rewrites=opt.rewrites, extra={"rewrite_trials": opt.trials})
+
+
+def _build_int8(run: TowerRun) -> Built:
+    # Quantise the unfused graph: the quantisers see every MatMul there (fused
+    # Attention ops hide the QKV weights and break their shape inference), and
+    # onnxruntime still fuses the int8 graph when it loads it.
+    spec = run.spec
+    q = quantize_int8(run.raw, run.workdir, spec.tower, run.options.int8_recipe, run.reference, spec.parity_inputs,
+                      spec.calibration_inputs, _timing_feed(spec), run.options.thresholds.int8_min_cosine)
+    return Built(q.path, q.parity, quantization={"recipe": q.recipe, **q.settings, "trials": q.trials},
+                 summary={"recipe": q.recipe})
+
+
+def _build_fp16(run: TowerRun) -> Built:
+    from .fp16 import convert_fp16
+
+    # From the traced graph, not the CPU-fused one: CUDA fuses differently, online.
+    path, parity, info = convert_fp16(run.raw, run.workdir / f"{run.folder}-fp16.onnx", run.reference,
+                                      run.spec.parity_inputs, output=run.spec.parity_output)
+    return Built(path, parity, extra=info)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one exportable variant is made (``build``) and which parity limits gate it (``limits``).
+
+    ``limits`` returns ``min_cosine`` and, for variants that must match the
+    reference element by element, ``max_abs``; the same dict is recorded in the
+    manifest and gates the tower's secondary outputs.
+    """
+
+    build: Callable[[TowerRun], Built]
+    limits: Callable[[Thresholds], dict[str, float]]
+
+
+# One row per exportable variant of crossmodal.variants (tests check the keys agree).
+RECIPES: dict[str, Recipe] = {
+    "cpu-fp32": Recipe(_build_fp32, lambda t: {"min_cosine": t.fp32_min_cosine, "max_abs": t.fp32_max_abs}),
+    "cpu-int8": Recipe(_build_int8, lambda t: {"min_cosine": t.int8_min_cosine}),
+    "gpu-fp16": Recipe(_build_fp16, lambda t: {"min_cosine": t.fp16_min_cosine}),
+}
+
+
 def export_tower(
     spec: TowerSpec,
-    bundle_dir: Path,
     workdir: Path,
+    options: ExportOptions,
     *,
     family: str,
     space: str,
     source: Mapping[str, Any],
-    targets: Sequence[str],
-    thresholds: Thresholds = Thresholds(),
-    int8_recipe: str = "auto",
-    optimize: bool = True,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """Export one tower to every target; returns a summary {variant: parity dict}."""
+    """Export one tower to every target of ``options`` into ``options.out``; returns {variant: parity summary}."""
     spec.module.eval()
+    thresholds = options.thresholds
     folder = spec.folder or spec.tower
     reference = [run_torch(spec.module, feed, spec.input_names) for feed in spec.parity_inputs]
     raw = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names,
                       spec.dynamic_axes, workdir / f"{folder}-raw.onnx", opset=opset)
+    # The fp32 gate comes first whatever the targets: a graph that does not
+    # reproduce the module in fp32 has no faithful int8 or fp16 form either.
+    optimized = optimize_with_parity(
+        raw, workdir, reference, spec.parity_inputs, _timing_feed(spec),
+        spec.ort_optimizer if options.optimize else None, thresholds.fp32_min_cosine, thresholds.fp32_max_abs,
+    )
+    require(optimized.parity, min_cosine=thresholds.fp32_min_cosine, max_abs=thresholds.fp32_max_abs,
+            what=f"{folder} tower cpu-fp32")
+    run = TowerRun(spec, options, workdir, raw, reference, optimized)
+
     tokenizer_json = spec.tokenizer.to_str() if spec.tokenizer is not None else None
-    ref_out0 = reference[0]
     # The smallest parity case is kept next to each graph for `crossmodal verify`.
     small = min(range(len(spec.parity_inputs)), key=lambda i: sum(v.size for v in spec.parity_inputs[i].values()))
     case = {**{f"input:{k}": v for k, v in spec.parity_inputs[small].items()},
             "reference": reference[small][spec.parity_output]}
     summary: dict[str, Any] = {}
-    what = f"{folder} tower"
-
-    opt = optimize_with_parity(
-        raw, workdir, reference, spec.parity_inputs, _timing_feed(spec),
-        spec.ort_optimizer if optimize else None, thresholds.fp32_min_cosine, thresholds.fp32_max_abs,
-    )
-    require(opt.parity, min_cosine=thresholds.fp32_min_cosine, max_abs=thresholds.fp32_max_abs, what=f"{what} cpu-fp32")
-    common = dict(family=family, space=space, source=source, opset=opset, reference_outputs=ref_out0)
-    if "cpu-fp32" in targets:
-        fields = _manifest_fields(spec, variant="cpu-fp32", precision="fp32", parity=opt.parity,
-                                  rewrites=opt.rewrites, quantization=None,
-                                  thresholds={"min_cosine": thresholds.fp32_min_cosine, "max_abs": thresholds.fp32_max_abs},
-                                  **common)
-        fields["extra"] = {**fields["extra"], "rewrite_trials": opt.trials,
-                           "secondary_parity": _check_secondary(spec, opt.path, reference, "cpu-fp32",
-                                                                thresholds.fp32_min_cosine, exact=True)}
-        artifact.write_tower(bundle_dir, folder, "cpu-fp32", opt.path, fields, tokenizer_json, case)
-        summary["cpu-fp32"] = opt.parity.to_dict()
-
-    if "cpu-int8" in targets:
-        # Quantise the unfused graph: the quantisers see every MatMul there (fused
-        # Attention ops hide the QKV weights and break their shape inference), and
-        # onnxruntime still fuses the int8 graph when it loads it.
-        q = quantize_int8(raw, workdir, spec.tower, int8_recipe, reference, spec.parity_inputs,
-                          spec.calibration_inputs, _timing_feed(spec), thresholds.int8_min_cosine)
-        fields = _manifest_fields(spec, variant="cpu-int8", precision="int8", parity=q.parity,
-                                  rewrites=[],
-                                  quantization={"recipe": q.recipe, **q.settings, "trials": q.trials},
-                                  thresholds={"min_cosine": thresholds.int8_min_cosine}, **common)
-        fields["extra"] = {**fields["extra"], "secondary_parity": _check_secondary(
-            spec, q.path, reference, "cpu-int8", thresholds.int8_min_cosine, exact=False)}
-        artifact.write_tower(bundle_dir, folder, "cpu-int8", q.path, fields, tokenizer_json, case)
-        summary["cpu-int8"] = {"recipe": q.recipe, **q.parity.to_dict()}
-
-    if "gpu-fp16" in targets:
-        from .fp16 import convert_fp16
-
-        fp16_path, fp16_parity, fp16_info = convert_fp16(
-            raw, workdir / f"{folder}-fp16.onnx", reference, spec.parity_inputs, output=spec.parity_output)
-        require(fp16_parity, min_cosine=thresholds.fp16_min_cosine, max_abs=None, what=f"{what} gpu-fp16")
-        fields = _manifest_fields(spec, variant="gpu-fp16", precision="fp16", parity=fp16_parity, rewrites=[],
-                                  quantization=None,
-                                  thresholds={"min_cosine": thresholds.fp16_min_cosine}, **common)
-        fields["extra"] = {**fields["extra"], **fp16_info, "secondary_parity": _check_secondary(
-            spec, fp16_path, reference, "gpu-fp16", thresholds.fp16_min_cosine, exact=False)}
-        artifact.write_tower(bundle_dir, folder, "gpu-fp16", fp16_path, fields, tokenizer_json, case)
-        summary["gpu-fp16"] = fp16_parity.to_dict()
+    for variant in (v for v in EXPORTABLE if v in options.targets):
+        recipe = RECIPES[variant]
+        built = recipe.build(run)
+        limits = recipe.limits(thresholds)
+        require(built.parity, min_cosine=limits["min_cosine"], max_abs=limits.get("max_abs"),
+                what=f"{folder} tower {variant}")
+        fields = _manifest_fields(spec, family=family, space=space, variant=variant,
+                                  precision=get_variant(variant).precision, parity=built.parity,
+                                  reference_outputs=reference[0], source=source, opset=opset, rewrites=built.rewrites,
+                                  quantization=built.quantization, thresholds=limits)
+        fields["extra"] = {**fields["extra"], **built.extra,
+                           "secondary_parity": _check_secondary(spec, built.path, reference, variant, limits)}
+        artifact.write_tower(options.out, folder, variant, built.path, fields, tokenizer_json, case)
+        summary[variant] = {**built.summary, **built.parity.to_dict()}
     return summary
 
 
 def export_bundle(
-    out_dir: Path,
+    options: ExportOptions,
     *,
-    name: str,
     family: str,
     space: str,
     dim: int,
     logit_scale: float,
     source: Mapping[str, Any],
     specs: Sequence[TowerSpec],
-    targets: str | Sequence[str],
-    thresholds: Thresholds = Thresholds(),
-    int8_recipe: str = "auto",
-    optimize: bool = True,
     extra_towers: Mapping[str, str] | None = None,
     pairing: Mapping[str, Any] | None = None,
-    progress: Callable[[str], None] = lambda msg: log.info(msg),
+    progress: Callable[[str], None] = print,
 ) -> Path:
-    """Export every tower in ``specs`` into ``out_dir`` and (re)write ``bundle.json``.
+    """Export every tower in ``specs`` into ``options.out`` and (re)write ``bundle.json``.
 
-    ``extra_towers`` names tower folders that were installed by other means (e.g.
-    a CLIP image tower copied from another bundle) and belong to this bundle.
-    Towers are installed one variant at a time, atomically; ``bundle.json`` is
-    written last, so a bundle without it is an interrupted export.
+    ``space`` is the family's resolved space id (``options.space`` or its
+    default). ``extra_towers`` names tower folders that were installed by other
+    means (e.g. a CLIP image tower copied from another bundle) and belong to this
+    bundle. Towers are installed one variant at a time, atomically;
+    ``bundle.json`` is written last, so a bundle without it is an interrupted export.
     """
-    target_list = parse_targets(targets)
-    out_dir = Path(out_dir)
+    out_dir = options.out
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"--out {out_dir} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,16 +287,14 @@ def export_bundle(
         for spec in specs:
             if spec.dim != dim:
                 raise ArtifactError(f"{spec.tower} tower has dim {spec.dim} but the bundle has dim {dim}")
-            progress(f"exporting {spec.tower} tower -> {', '.join(target_list)}")
+            progress(f"exporting {spec.tower} tower -> {', '.join(options.targets)}")
             workdir = Path(tmp) / (spec.folder or spec.tower)
             workdir.mkdir()
-            summary[spec.folder or spec.tower] = export_tower(
-                spec, out_dir, workdir, family=family, space=space, source=source, targets=target_list,
-                thresholds=thresholds, int8_recipe=int8_recipe, optimize=optimize,
-            )
+            summary[spec.folder or spec.tower] = export_tower(spec, workdir, options, family=family, space=space,
+                                                              source=source)
             towers[spec.tower] = spec.folder or spec.tower
             shutil.rmtree(workdir, ignore_errors=True)
-    info = BundleInfo(name=name, family=family, dim=dim, space=space, logit_scale=float(logit_scale),
+    info = BundleInfo(name=options.bundle_name, family=family, dim=dim, space=space, logit_scale=float(logit_scale),
                       towers=towers, source=dict(source), pairing=dict(pairing or {}))
     artifact.write_bundle(out_dir, info)
     for tower, variants in summary.items():
@@ -284,4 +308,5 @@ def random_pixels(batch: int, size: int, seed: int) -> NDArray[np.float32]:
     return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-__all__ = ["TowerSpec", "Thresholds", "export_bundle", "export_tower", "parse_targets", "random_pixels", "VARIANTS"]
+__all__ = ["RECIPES", "Built", "ExportOptions", "Recipe", "TowerRun", "TowerSpec", "Thresholds", "export_bundle",
+           "export_tower", "parse_targets", "random_pixels"]

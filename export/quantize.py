@@ -55,11 +55,12 @@ from crossmodal.errors import ParityError
 
 from .measure import parity_against
 from .optimize import FUSED_FILE, compare_latency_ms
+from .options import INT8_RECIPES
 from .parity import Parity
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("nbits8", "dynamic", "qdq")
+RECIPES = tuple(r for r in INT8_RECIPES if r != "auto")
 # Tried by ``auto`` only, and only when the fusion step left a fused graph that keeps parity.
 FUSED_RECIPES = {"nbits8-fused": "nbits8", "dynamic-fused": "dynamic", "qdq-fused": "qdq"}
 # Recipes this close in latency are a tie, decided by fidelity.

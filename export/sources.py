@@ -32,6 +32,11 @@ class Source:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "revision": self.revision, "path": str(self.path)}
 
+    @property
+    def space(self) -> str:
+        """The checkpoint's own embedding-space id: its hub id, or its folder name when given as a directory."""
+        return self.model if not Path(self.model).expanduser().exists() else Path(self.model).resolve().name
+
 
 def resolve(model: str, *, allow_patterns: Sequence[str] | None = None, revision: str | None = None) -> Source:
     """Local directory or hub id -> :class:`Source`."""

@@ -98,3 +98,97 @@ def test_parity_numbers() -> None:
         require(q, min_cosine=0.99, max_abs=None, what="x")
     with pytest.raises(ParityError, match="NaN"):
         compare(a, np.full_like(a, np.nan))
+
+
+def test_every_exportable_variant_has_one_recipe() -> None:
+    from crossmodal.export.pipeline import RECIPES, Thresholds
+    from crossmodal.variants import EXPORTABLE, TABLE
+
+    assert set(RECIPES) == set(EXPORTABLE)
+    assert all(TABLE[v].exportable for v in RECIPES)
+    t = Thresholds()
+    # Exact variants are also gated on element error (secondary outputs too); the others on cosine only.
+    assert RECIPES["cpu-fp32"].limits(t) == {"min_cosine": t.fp32_min_cosine, "max_abs": t.fp32_max_abs}
+    assert RECIPES["cpu-int8"].limits(t) == {"min_cosine": t.int8_min_cosine}
+    assert RECIPES["gpu-fp16"].limits(t) == {"min_cosine": t.fp16_min_cosine}
+
+
+def test_export_options_take_the_loose_forms_and_refuse_unknown_targets(tmp_path: Path) -> None:
+    from crossmodal.export.options import ExportOptions
+
+    opts = ExportOptions.create(str(tmp_path / "b"), "cpu-int8, cpu-fp32", calib_dir=str(tmp_path), optimize=False)
+    assert opts.out == tmp_path / "b" and opts.targets == ("cpu-int8", "cpu-fp32")
+    assert opts.calib_dir == tmp_path and opts.optimize is False and opts.bundle_name == "b"
+    assert ExportOptions.create(tmp_path / "b", name="n").bundle_name == "n"
+    with pytest.raises(ValueError, match="unknown export target"):
+        ExportOptions(tmp_path, ("gpu-trt-fp16",))
+    with pytest.raises(ValueError, match="unknown export target"):
+        ExportOptions.create(tmp_path, "")
+
+
+def test_parity_is_the_shared_similarity_rule() -> None:
+    # Export and `crossmodal verify` judge zero rows alike: two zero rows agree, one zero row does not.
+    z, e = np.zeros((2, 4), np.float32), np.eye(2, 4, dtype=np.float32)
+    assert compare(z, z).min_cosine == 1.0
+    assert compare(e, z).min_cosine == 0.0
+    from crossmodal.similarity import parity
+
+    assert compare(e, e * 2) == parity(e * 2, e)
+
+
+_HELP_WITHOUT_TORCH = """
+import sys
+from crossmodal.export.cli import main
+for argv in {argvs!r}:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0, (argv, exc.code)
+heavy = sorted(m for m in ("torch", "transformers", "onnx", "onnxruntime") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+
+
+def test_export_help_answers_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    from crossmodal.export.cli import COMMANDS
+
+    argvs = [["--help"]] + [[c, "--help"] for c in COMMANDS] + [["tensorrt", a, "--help"] for a in ("build", "check")]
+    proc = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TORCH.format(argvs=argvs)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    for command in COMMANDS:
+        assert f"usage: crossmodal export {command}" in proc.stdout
+
+
+def _all_actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)
+        else:
+            yield parser.prog, action
+
+
+def test_every_export_option_has_help_text() -> None:
+    from crossmodal.export.cli import build_parser
+
+    missing = [(prog, a.dest) for prog, a in _all_actions(build_parser()) if not a.help]
+    assert missing == []
+
+
+def test_trt_is_an_alias_of_export_tensorrt(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.export import trt_cli
+
+    with pytest.raises(SystemExit) as exc:
+        trt_cli.main(["-v", "check", "--help"])
+    assert exc.value.code == 0
+    assert "usage: crossmodal export tensorrt check" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        trt_cli.main(["frobnicate"])
+    assert exc.value.code == 2 and "invalid choice: 'frobnicate'" in capsys.readouterr().err
