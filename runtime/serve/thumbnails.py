@@ -188,15 +188,17 @@ def search_page() -> "Callable[[Request], Awaitable[Response]]":
     return endpoint
 
 
-def thumbnail_route(index: "Callable[[], Index]", *, executor: Executor | None = None,
-                    cache_items: int = 256) -> "Callable[[Request], Awaitable[Response]]":
+def thumbnail_route(index: "Callable[[], Index | None]", *, executor: Executor | None = None,
+                    cache_items: int = 256, error_response: "Callable[[int, str], Response] | None" = None,
+                    ) -> "Callable[[Request], Awaitable[Response]]":
     """A Starlette endpoint for ``GET /v1/thumbnails/{key}?size=256&tower=image``.
 
-    ``index``: returns the service's open index or raises a :class:`ServeError` (404 without
-    one, 409 for another embedding space): ``Service.require_index`` fits. ``executor``: where
-    lookups and decoding run (None: the event loop's default executor). ``cache_items``:
-    LRU entries (0: no cache; the endpoint's ``cache`` attribute is then None). Errors are
-    answered in the service's JSON error shape.
+    ``index``: returns the service's open index; None (no index) or a :class:`ServeError`
+    it raises (``Service.require_index`` fits: 404 without an index, 409 for another
+    embedding space) answers the request. ``executor``: where lookups and decoding run
+    (None: the event loop's default executor). ``cache_items``: LRU entries (0: no cache;
+    the endpoint's ``cache`` attribute is then None). ``error_response(status, message)``:
+    the app's error response; default: the service's JSON error shape.
     """
     from starlette.responses import JSONResponse, Response
 
@@ -204,15 +206,22 @@ def thumbnail_route(index: "Callable[[], Index]", *, executor: Executor | None =
 
     cache = ThumbnailCache(cache_items) if cache_items > 0 else None
 
+    def error(e: ServeError) -> Response:
+        if error_response is not None:
+            return error_response(e.status, e.message)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
     async def endpoint(request: "Request") -> Response:
         try:
             key = key_param(request)
             size, tower = parse_options(request.query_params.get("size"), request.query_params.get("tower"))
             idx = index()
+            if idx is None:
+                raise not_found("this service has no index to show thumbnails from", "no_index")
             loop = asyncio.get_running_loop()
             data = await loop.run_in_executor(executor, make_thumbnail, idx, key, size, tower, cache)
         except ServeError as e:
-            return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+            return error(e)
         return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE_CONTROL})
 
     endpoint.cache = cache  # type: ignore[attr-defined]  # tests and metrics read its hit count
