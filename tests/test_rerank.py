@@ -1,7 +1,8 @@
-"""crossmodal.Reranker and index re-ranking on the golden tiny ALBEF checkpoint (fp32 to 1e-4, int8 reported)."""
+"""crossmodal.Reranker and re-ranked retrieval on the golden tiny ALBEF checkpoint (fp32 to 1e-4, int8 reported)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import crossmodal
-from crossmodal.errors import ArtifactError, InputError
+from crossmodal.errors import ArtifactError, IncompatibleTowersError, InputError
+from crossmodal.retriever import Retriever
 from helpers.albef import export_tiny_bundle, golden_arrays, require_golden
 
 QUERY = 4  # "unbelievably photobombing kittens": its ITM column orders the images 1, 2, 0
@@ -148,30 +150,32 @@ def _image_no(hit) -> int:
     return int(Path(hit.path).stem[len("img"):])
 
 
-def test_index_search_text_reranks_by_itm(photo_index, reranker, golden) -> None:
+def test_retriever_search_text_reranks_by_itm(photo_index, reranker, golden) -> None:
     idx, _ = photo_index
+    search = Retriever(reranker.encoder, idx, reranker)
     query = _captions(golden)[QUERY]
-    plain = idx.search_text(reranker.encoder, query, k=3)
+    plain = search.search_text(query, k=3)
     cosine = {h.key: h.score for h in plain}
-    hits = idx.search_text(reranker.encoder, query, k=2, rerank=3, reranker=reranker)
+    hits = search.search_text(query, k=2, rerank=3)
     # The best 2 of all 3 by ITM score, whatever their embedding rank; both scores kept.
     assert [_image_no(h) for h in hits] == [1, 2]
     assert np.allclose([h.itm_score for h in hits], golden["itm"][[1, 2], QUERY], atol=1e-4)
     assert all(h.score == pytest.approx(cosine[h.key]) for h in hits)
     assert all(h.itm_score is None for h in plain)
-    batch = idx.search_text(reranker.encoder, [query, _captions(golden)[0]], k=3, rerank=3, reranker=reranker)
+    batch = search.search_text([query, _captions(golden)[0]], k=3, rerank=3)
     assert [_image_no(h) for h in batch[0]] == [1, 2, 0]
     order0 = np.argsort(-golden["itm"][:, 0], kind="stable").tolist()
     assert [_image_no(h) for h in batch[1]] == order0
 
 
-def test_index_rerank_unreadable_file_keeps_embedding_rank(photo_index, reranker, golden, caplog) -> None:
+def test_rerank_unreadable_file_keeps_embedding_rank(photo_index, reranker, golden, caplog) -> None:
     idx, files = photo_index
+    search = Retriever(reranker.encoder, idx, reranker)
     query = _captions(golden)[QUERY]
-    plain = [_image_no(h) for h in idx.search_text(reranker.encoder, query, k=3)]
+    plain = [_image_no(h) for h in search.search_text(query, k=3)]
     files[1].unlink()  # the best ITM match disappears from disk after indexing
-    with caplog.at_level(logging.WARNING, logger="crossmodal.index_rerank"):
-        hits = idx.search_text(reranker.encoder, query, k=3, rerank=3, reranker=reranker)
+    with caplog.at_level(logging.WARNING, logger="crossmodal.retrieval_rerank"):
+        hits = search.search_text(query, k=3, rerank=3)
     pos = plain.index(1)
     assert _image_no(hits[pos]) == 1 and hits[pos].itm_score is None
     rest = [h for h in hits if h.itm_score is not None]
@@ -179,16 +183,24 @@ def test_index_rerank_unreadable_file_keeps_embedding_rank(photo_index, reranker
     assert "img1.png" in caplog.text and "keeps its embedding rank" in caplog.text
 
 
-def test_index_rerank_argument_errors(photo_index, reranker, bundle: Path) -> None:
+def test_rerank_argument_errors(photo_index, reranker, bundle: Path) -> None:
     idx, _ = photo_index
     with pytest.raises(InputError, match="needs reranker="):
-        idx.search_text(reranker.encoder, "a dog", k=2, rerank=3)
+        Retriever(reranker.encoder, idx).search_text("a dog", k=2, rerank=3)
+    search = Retriever(reranker.encoder, idx, reranker)
     with pytest.raises(InputError, match=r"integer >= k \(2\)"):
-        idx.search_text(reranker.encoder, "a dog", k=2, rerank=1, reranker=reranker)
-    with pytest.raises(InputError, match="without rerank=R"):
-        idx.search_text(reranker.encoder, "a dog", k=2, reranker=reranker)
+        search.search_text("a dog", k=2, rerank=1)
+    for bad in (True, 3.0):
+        with pytest.raises(InputError, match="rerank must be"):
+            search.search_text("a dog", k=2, rerank=bad)
+    # A retriever with a re-ranker searches by embedding alone unless rerank=R is given.
+    assert all(h.itm_score is None for h in search.search_text("a dog", k=2))
     with pytest.raises(InputError, match="tower='image'"):
-        idx.search_text(reranker.encoder, "a dog", k=2, rerank=3, reranker=reranker, tower="text")
+        search.search_text("a dog", k=2, rerank=3, tower="text")
+    other = crossmodal.load(bundle)
+    other.bundle = dataclasses.replace(other.bundle, space="elsewhere")
+    with pytest.raises(IncompatibleTowersError, match="elsewhere"):
+        Retriever(reranker.encoder, idx, crossmodal.Reranker(other, reranker.path, reranker.manifest, reranker.session))
 
 
 def test_cli_search_rerank(photo_index, golden, capsys) -> None:
