@@ -79,7 +79,7 @@ def parity(got: ArrayLike, expected: ArrayLike) -> Parity:
         raise ParityError("the graph produced NaN or Inf")
     cos = rowwise_cosine(g, e)
     err = np.abs(g.astype(np.float64) - e.astype(np.float64))
-    return Parity(float(cos.min()), float(cos.mean()), float(err.max()), int(len(cos)))
+    return Parity(float(cos.min()), float(cos.mean()), float(err.max()), len(cos))
 
 
 __all__ = ["Parity", "rowwise_cosine", "parity"]

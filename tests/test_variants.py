@@ -134,10 +134,10 @@ class _FakeOrt:
     def get_available_providers(self) -> list[str]:
         return list(self.available)
 
-    def SessionOptions(self) -> SimpleNamespace:  # noqa: N802 - onnxruntime's name
+    def SessionOptions(self) -> SimpleNamespace:  # onnxruntime's name
         return SimpleNamespace()
 
-    def InferenceSession(self, path: str, sess_options: Any, providers: list[str]) -> _FakeSession:  # noqa: N802
+    def InferenceSession(self, path: str, sess_options: Any, providers: list[str]) -> _FakeSession:
         self.opened.append(_FakeSession(path, providers))
         return self.opened[-1]
 
