@@ -27,8 +27,9 @@ from typing import Sequence
 from crossmodal.errors import ArtifactError
 from crossmodal.manifest import MANIFEST_FILE, TensorSpec, TowerManifest, available_variants, read_bundle, read_manifest
 from crossmodal.triton_client import model_name
+from crossmodal.variants import TRITON
 
-TRITON_VARIANTS = ("gpu-fp16", "gpu-trt-fp16", "cpu-int8", "cpu-fp32")
+TRITON_VARIANTS = TRITON  # the variant table's rows Triton can serve
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
     "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
@@ -242,7 +243,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Write a Triton model repository (one model per tower) from a bundle."""
     p.add_argument("bundle", type=Path, help="bundle directory written by `crossmodal export`")
     p.add_argument("--out", required=True, type=Path, help="model repository directory to (re)write")
-    p.add_argument("--variant", default="gpu-fp16", choices=TRITON_VARIANTS)
+    p.add_argument("--variant", default="gpu-fp16", choices=TRITON_VARIANTS,
+                   help="bundle variant the models serve (default: %(default)s)")
     p.add_argument("--max-batch", type=int, help="max_batch_size (default 64 on GPU, 16 on CPU)")
     p.add_argument("--preferred", help="comma list of preferred batch sizes (default 8,16,32 on GPU, 4,8 on CPU)")
     p.add_argument("--queue-delay-us", type=int, help="max_queue_delay_microseconds (default 2000 GPU, 1000 CPU)")
