@@ -1,11 +1,6 @@
 """A persistent search index: usearch holds the vectors, SQLite (stdlib) the metadata.
 
->>> from crossmodal.index import Index
->>> idx = Index.create("photos.idx", bundle="clip-vit-b-32", space="openai-clip-vit-b-32", dim=512)  # doctest: +SKIP
->>> idx.add(vectors, [{"path": "a.jpg"}]); idx.save()                                          # doctest: +SKIP
->>> idx.search(query_vector, k=5)                                                             # doctest: +SKIP
-
-One job per module:
+``from crossmodal.index import Index`` (see :class:`~crossmodal.index.store.Index`). One job per module:
 
 * :mod:`~crossmodal.index.store`: :class:`Index`, the persistent store (open/close, locks,
   add/remove, save; the durability model and the consistency policy on open);
