@@ -92,11 +92,9 @@ class FileLock:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o644)
             return
-        except FileNotFoundError:
-            if create:
-                raise self._error("its folder does not exist", None)
         except OSError as exc:
-            raise self._error("it cannot be opened", exc) from exc
+            if create or not isinstance(exc, FileNotFoundError):
+                raise self._error("it cannot be opened", exc) from exc
         # A reader and no lock file yet: make it, so a writer that starts later is still seen.
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -104,10 +102,9 @@ class FileLock:
             if exc.errno != errno.EROFS:
                 raise self._error("it is missing and cannot be created", exc) from exc
 
-    def _error(self, what: str, exc: OSError | None) -> IndexStoreError:
-        why = f" ({exc.strerror or exc})" if exc is not None else ""
+    def _error(self, what: str, exc: OSError) -> IndexStoreError:
         return IndexStoreError(
-            f"cannot lock {self.path}: {what}{why}. The lock keeps other processes from changing the index "
+            f"cannot lock {self.path}: {what} ({exc.strerror or exc}). The lock keeps other processes from changing the index "
             "under this one; make its folder writable by this user, or copy the index to a writable place "
             "(read-only media need no lock)."
         )
