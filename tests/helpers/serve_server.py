@@ -9,12 +9,17 @@ bound; this helper reads that line from the server's log file, then polls
 >>> with running_server(bundle, "--index", str(tmp_path / "idx"), log_dir=tmp_path) as srv:  # doctest: +SKIP
 ...     httpx.post(f"{srv.url}/v1/embeddings", json={"input": "a dog"}).json()
 
+For tests that need no real server, :func:`asgi_client` runs the app's lifespan in-process
+and yields an ``httpx.AsyncClient`` over ``httpx.ASGITransport``.
+
 Everything is bounded in time: a server that exits early or never gets ready raises
 :class:`ServerStartError` holding its log, and ``stop`` kills what does not exit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +31,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 LISTENING = re.compile(r"crossmodal serve: listening on (http://[\d.]+:(\d+))")
 
@@ -48,7 +53,7 @@ class ServeProcess:
         """Everything the server printed so far (stdout and stderr)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         """Send ``sig`` (e.g. SIGTERM) without waiting."""
         self.proc.send_signal(sig)
 
@@ -127,6 +132,30 @@ def running_server(bundle: str | os.PathLike[str], *args: str, log_dir: str | os
                 pass
 
 
+@contextlib.asynccontextmanager
+async def asgi_client(app: Any, *, ready: bool = True, timeout: float = 60.0) -> AsyncIterator[Any]:
+    """Run ``app``'s lifespan in this event loop and yield an ``httpx.AsyncClient`` for it.
+
+    ``ready``: wait (at most ``timeout`` s) until ``/health/ready`` answers 200; a start-up
+    failure raises :class:`ServerStartError` with the readiness details.
+    """
+    import httpx
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=timeout) as client:
+            if ready:
+                deadline = time.monotonic() + timeout
+                while True:
+                    r = await client.get("/health/ready")
+                    if r.status_code == 200:
+                        break
+                    if r.json().get("status") == "failed" or time.monotonic() > deadline:
+                        raise ServerStartError(f"the app did not get ready: {r.json()}")
+                    await asyncio.sleep(0.02)
+            yield client
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
@@ -145,4 +174,4 @@ def _check_alive(proc: subprocess.Popen[bytes], log_path: Path, deadline: float)
         raise ServerStartError(f"crossmodal serve was not ready in time:\n{log}")
 
 
-__all__ = ["ServeProcess", "ServerStartError", "start_server", "running_server", "LISTENING"]
+__all__ = ["ServeProcess", "ServerStartError", "start_server", "running_server", "asgi_client", "LISTENING"]
