@@ -1,0 +1,167 @@
+"""The service as users run it: `python -m crossmodal.serve` in its own process, on 127.0.0.1.
+
+What needs a real server: the official ``openai`` client over HTTP, the API key read
+from the environment, SIGTERM draining queued requests and saving the index, and
+``kill -9`` while items are being added (restart: the index is consistent and every
+acknowledged item is there). Every loop here is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+import crossmodal
+from crossmodal.index import Index, key_from_sha256
+from helpers.images import random_rgb
+from helpers.serve_server import running_server, start_server
+
+MIN_COS = 0.99999
+
+
+def _png(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(size[0], size[1], seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _cos(a: Any, b: Any) -> np.ndarray:
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_openai_client_works_unchanged_behind_the_api_key(tiny_clip_bundle: Path, tmp_path: Path) -> None:
+    from openai import AuthenticationError, OpenAI
+
+    key = "key-from-the-environment-0123"
+    enc = crossmodal.load(tiny_clip_bundle)
+    texts = ["two dogs in the snow", "a cat on a table", "London at night"]
+    ref = enc.encode_text(texts)
+    with running_server(tiny_clip_bundle, "--api-key-env", "CM_TEST_KEY", log_dir=tmp_path,
+                        env={"CM_TEST_KEY": key}) as srv:
+        client = OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=30)
+        # the client asks for base64 unless told otherwise and decodes it itself
+        for kwargs in ({}, {"encoding_format": "float"}):
+            out = client.embeddings.create(model=enc.bundle.name, input=texts, **kwargs)
+            got = np.array([d.embedding for d in out.data])
+            assert got.shape == ref.shape and _cos(got, ref).min() >= MIN_COS
+            assert [d.index for d in out.data] == [0, 1, 2] and out.model == enc.bundle.name
+            assert out.usage.prompt_tokens == out.usage.total_tokens > 0
+        assert [m.id for m in client.models.list()] == [enc.bundle.name]
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{srv.url}/v1", api_key="wrong", max_retries=0).embeddings.create(
+                model=enc.bundle.name, input="x")
+        assert httpx.get(f"{srv.url}/health/ready").status_code == 200  # probes need no key
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401
+        assert srv.stop() == 0
+    log = srv.log()
+    assert key not in log
+    assert '"route":"/v1/embeddings","status":200' in log and '"status":401' in log
+
+
+def test_sigterm_drains_queued_requests_saves_the_index_and_exits_0(tiny_clip_bundle: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "photos.idx"
+    n_clients, per_request = 10, 16
+    results: list[Any] = [None] * n_clients
+    with running_server(tiny_clip_bundle, "--index", str(idx), "--max-batch", "1", "--decode-workers", "1",
+                        log_dir=tmp_path) as srv:
+        added = httpx.post(f"{srv.url}/v1/items", json={"items": [{"image": _b64(_png(s)), "caption": f"item {s}"}
+                                                                 for s in range(3)]}, timeout=30)
+        assert added.status_code == 200
+        images = [_b64(_png(1000 + i, (320, 240))) for i in range(per_request)]
+
+        def client(i: int) -> None:
+            try:
+                results[i] = httpx.post(f"{srv.url}/v1/embeddings", json={"input": images, "modality": "image"},
+                                        timeout=60)
+            except httpx.HTTPError as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while True:  # at least one whole request waiting in the queue before the signal
+            depth = httpx.get(f"{srv.url}/v1/models", timeout=10).json()["data"][0]["queue"]["image"]
+            if depth >= per_request:
+                break
+            assert time.monotonic() < deadline, "the requests never queued up"
+            time.sleep(0.01)
+        srv.send_signal(signal.SIGTERM)
+        code = srv.wait(timeout=90)
+        for t in threads:
+            t.join(timeout=90)
+    assert code == 0, srv.log()
+    answered = [r for r in results if isinstance(r, httpx.Response)]
+    refused = [r for r in results if isinstance(r, httpx.ConnectError)]
+    assert len(answered) + len(refused) == n_clients, results  # nothing cut off mid-request
+    assert len(answered) >= 1 and all(r.status_code == 200 for r in answered), [r.status_code for r in answered]
+    assert all(len(r.json()["data"]) == per_request for r in answered)
+    with Index.open(idx, read_only=True) as index:
+        assert index.journal_size() == 0  # compacted into the graph files on the way out
+        assert index.count("image") == 3 and index.count("text") == 3
+
+
+def test_kill_9_while_adding_items_then_restart_finds_every_acknowledged_item(tiny_clip_bundle: Path,
+                                                                                tmp_path: Path) -> None:
+    idx = tmp_path / "photos.idx"
+    acked: list[tuple[str, bytes]] = []
+    stop = threading.Event()
+    srv = start_server(tiny_clip_bundle, "--index", str(idx), log_dir=tmp_path)
+    try:
+        def writer() -> None:
+            with httpx.Client(timeout=30) as c:
+                for seed in range(200):  # bounded; the kill comes long before
+                    if stop.is_set():
+                        return
+                    data = _png(5000 + seed)
+                    try:
+                        r = c.post(f"{srv.url}/v1/items", json={"image": _b64(data), "caption": f"photo {seed}"})
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 200:
+                        acked.append((r.json()["data"][0]["key"], data))
+
+        t = threading.Thread(target=writer)
+        t.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 8:
+            assert time.monotonic() < deadline and t.is_alive(), srv.log()
+            time.sleep(0.01)
+        srv.kill()  # SIGKILL in the middle of the stream of adds: no drain, no save
+        stop.set()
+        t.join(timeout=60)
+    finally:
+        if srv.proc.poll() is None:
+            srv.kill()
+    assert srv.proc.returncode == -signal.SIGKILL
+    with running_server(tiny_clip_bundle, "--index", str(idx), log_dir=tmp_path) as again:
+        with httpx.Client(base_url=again.url, timeout=30) as c:
+            for key, data in acked:
+                item = c.get(f"/v1/items/{key}")
+                assert item.status_code == 200, (key, item.text)
+                assert key == str(key_from_sha256(hashlib.sha256(data).hexdigest()))
+                assert Path(item.json()["path"]).read_bytes() == data
+            key, data = acked[len(acked) // 2]
+            hits = c.post("/v1/search", json={"image": _b64(data), "k": 1}).json()["hits"]
+            assert hits[0]["key"] == key and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+            # and it keeps taking items after the crash
+            assert c.post("/v1/items", json={"image": _b64(_png(99999))}).json()["data"][0]["added"] is True
+    with Index.open(idx, read_only=True) as index:
+        assert {str(k) for k in index.keys("image")} >= {k for k, _ in acked}
+        assert index.count("text") >= len(acked)
