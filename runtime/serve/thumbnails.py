@@ -166,7 +166,7 @@ def page_headers(html: str) -> dict[str, str]:
                         for b in bodies)
 
     csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-           "img-src 'self' blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+           "img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
     return {"content-security-policy": csp, "x-content-type-options": "nosniff", "cache-control": "no-cache",
             "referrer-policy": "no-referrer"}
 
