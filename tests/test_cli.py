@@ -205,6 +205,6 @@ def test_an_index_of_captions_only_is_searched_as_text(tiny_clip_bundle: Path, t
         idx.add(enc.encode_text(captions), [{"caption": c} for c in captions], tower="text")
         idx.save()
     answer = _search(capsys, str(tmp_path / "caps.idx"), "the word hello", "-k", "3")
-    assert answer["target"] == "text" and [r["caption"] for r in answer["results"]][0] == "the word hello"
+    assert answer["target"] == "text" and answer["results"][0]["caption"] == "the word hello"
     assert answer["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert _search(capsys, str(tmp_path / "caps.idx"), "x", "--target", "image")["results"] == []
