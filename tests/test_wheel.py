@@ -88,6 +88,7 @@ def test_installed_wheel_finds_cards_and_calibration_images(tmp_path: Path) -> N
     names = zipfile.ZipFile(wheel).namelist()
     assert "crossmodal/models/cards/albef_4m.json" in names
     assert "crossmodal/examples/images/red_circle.png" in names
+    assert "crossmodal/serve/static/index.html" in names
     assert not any("my-bundle" in n for n in names)
 
     venv = tmp_path / "venv"
