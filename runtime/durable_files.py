@@ -104,9 +104,9 @@ class FileLock:
 
     def _error(self, what: str, exc: OSError) -> IndexStoreError:
         return IndexStoreError(
-            f"cannot lock {self.path}: {what} ({exc.strerror or exc}). The lock keeps other processes from changing the index "
-            "under this one; make its folder writable by this user, or copy the index to a writable place "
-            "(read-only media need no lock)."
+            f"cannot lock {self.path}: {what} ({exc.strerror or exc}). The lock keeps other processes from "
+            "changing the index under this one; make its folder writable by this user, or copy the index to a "
+            "writable place (read-only media need no lock)."
         )
 
     def acquire(self, *, exclusive: bool, blocking: bool = True) -> bool:

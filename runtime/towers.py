@@ -90,8 +90,8 @@ class ImageTower(Tower):
         """
         if len(sources) == 0:
             return np.zeros((0, 3, self.input_size, self.input_size), np.float32)
-        if len(sources) == 1:  # a thread hop costs more than it overlaps
-            return self.preprocess_one(sources[0], index=offset)[None]
+        if len(sources) == 1 or self.workers == 1:  # nothing to run side by side: no thread hop
+            return np.stack([self.preprocess_one(s, index=i) for i, s in enumerate(sources, offset)])
         return self._collect(self._submit(sources, offset))
 
     def _submit(self, sources: Sequence["ImageSource"], offset: int) -> list[Any]:

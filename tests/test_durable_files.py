@@ -1,4 +1,4 @@
-"""The index's advisory lock: readers share it, the writer excludes them, and a lock that cannot be set up is an error."""
+"""The index's advisory lock: readers share it, the writer excludes them, a lock that cannot be set up is an error."""
 
 from __future__ import annotations
 
