@@ -586,6 +586,80 @@ def test_a_request_past_its_deadline_gets_504_and_its_items_never_run(tiny_clip_
     run(body)
 
 
+def test_a_client_that_disconnects_has_its_queued_items_dropped(tiny_clip_bundle: Path) -> None:
+    enc, gate = _gated_text(tiny_clip_bundle)
+    body_bytes = b'{"input": ["never run", "me neither"]}'
+
+    async def call_then_disconnect(app: Any, gone: asyncio.Event) -> list[dict[str, Any]]:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(body_bytes)).encode())]}
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body_bytes, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        messages: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await app(scope, receive, send)
+        return messages
+
+    async def body() -> None:
+        app = create_app(enc, cache_size=0)
+        async with asgi_client(app) as c:
+            service = app.state.service
+            gate.open.clear()
+            gate.entered.clear()
+            gate.sizes.clear()
+            blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold"}))
+            await _until(gate.entered.is_set)
+            gone = asyncio.Event()
+            leaving = asyncio.create_task(call_then_disconnect(app, gone))
+            await _until(lambda: service.batchers["text"].depth == 2)
+            gone.set()
+            messages = await asyncio.wait_for(leaving, 10)
+            assert messages[0]["status"] == 499
+            gate.open.set()
+            assert (await blocker).status_code == 200
+            assert (await c.post("/v1/embeddings", json={"input": "fresh"})).status_code == 200
+            assert gate.sizes == [1, 1]  # the blocker, then "fresh": the two dropped texts never ran
+            assert 'status="499"} 1.0' in (await c.get("/metrics")).text
+
+    run(body)
+
+
+def test_search_page_is_open_and_thumbnails_serve_indexed_items_only(tiny_clip_bundle: Path, example_index: Path,
+                                                                       tmp_path: Path) -> None:
+    idx_path = _copy_index(example_index, tmp_path / "idx")
+    key = "k3y"
+    with Index.open(idx_path, read_only=True) as idx:
+        item = next(r for r in idx.items(tower="image"))
+
+    async def body() -> None:
+        async with asgi_client(create_app(tiny_clip_bundle, idx_path, api_key=key)) as c:
+            page = await c.get("/")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            auth = {"authorization": f"Bearer {key}"}
+            assert (await c.get(f"/v1/thumbnails/{item.key}")).status_code == 401
+            thumb = await c.get(f"/v1/thumbnails/{item.key}", headers=auth)
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+            assert Image.open(io.BytesIO(thumb.content)).format == "JPEG"
+            missing = await c.get("/v1/thumbnails/12345", headers=auth)
+            assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "code"}
+
+    run(body)
+
+
 def test_a_dead_inference_thread_makes_the_service_not_ready(tiny_clip_bundle: Path) -> None:
     enc, gate = _gated_text(tiny_clip_bundle)
 

@@ -187,7 +187,7 @@ class Batcher:
     def release(self, n: int = 1) -> None:
         """Give back room admitted for items that will not be submitted (they failed to decode)."""
         with self._cond:
-            self._depth -= n
+            self._depth = max(0, self._depth - n)  # a dead thread has reset the count already
 
     def submit(self, job: Job, pos: int, payload: Any, cost: int = 1) -> None:
         """Queue one admitted item (call :meth:`admit` first)."""

@@ -338,6 +338,9 @@ class Service:
         try:
             await asyncio.wait(waiters, timeout=max(0.0, job.deadline - time.monotonic()),
                                return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server gave up on the request (forced shutdown, ...)
+            job.cancel()
+            raise
         finally:
             if watch is not None:
                 watch.cancel()
