@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ArtifactError, InputError, ProviderUnavailableError
-from .inputs import positive_int
+from .errors import ArtifactError, ProviderUnavailableError
+from .inputs import image_batch, positive_int, text_batch
 from .manifest import TowerManifest, available_variants, read_bundle, read_manifest
 from .variants import get_variant
 
@@ -140,21 +140,18 @@ class TritonEncoder:
 
     def encode_text(self, texts: Sequence[str] | str) -> NDArray[np.float32]:
         """(n, dim) float32 embeddings of ``texts``."""
-        items = [texts] if isinstance(texts, str) else list(texts)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise InputError(f"text #{i} is a {type(t).__name__}, expected str")
+        items, _ = text_batch(texts)
         if not items:
             return np.zeros((0, self.dim), np.float32)
         return self.infer("text", self.tokenize(items))
 
-    def encode_image(self, images: Sequence["ImageSource"]) -> NDArray[np.float32]:
+    def encode_image(self, images: "ImageSource | Sequence[ImageSource]") -> NDArray[np.float32]:
         """(n, dim) float32 embeddings of images (paths, bytes, PIL images, uint8 arrays)."""
         from .image import preprocess
 
         manifest = self._manifest("image")
         assert manifest.preprocess is not None
-        items = list(images)
+        items, _ = image_batch(images)
         if not items:
             return np.zeros((0, self.dim), np.float32)
         return self.infer("image", {manifest.inputs[0].name: preprocess(items, manifest.preprocess)})

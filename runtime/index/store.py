@@ -166,7 +166,13 @@ class Index:
                 writer_lock.close()
                 raise IndexStoreError(f"{path} is open for writing by another process; wait for it to "
                                       "finish or open with read_only=True.")
-        swap_lock = FileLock(path / LOCK_FILE, create=not read_only)
+        try:
+            swap_lock = FileLock(path / LOCK_FILE, create=not read_only)
+        except BaseException:
+            # FileLock raises when its file cannot be opened: the writer lock must not outlive this call.
+            if writer_lock is not None:
+                writer_lock.close()
+            raise
         try:
             conn = connect(path / META_FILE, read_only)
             state = read_state(conn, path)
