@@ -7,6 +7,7 @@ Examples::
     crossmodal bench --model /models/clip-vit-base-patch32 --scenarios a,b
     crossmodal bench --scenarios g                      # int8 fidelity on trained all-MiniLM-L6-v2
     crossmodal bench --scenarios h                      # index recall@10 at 100k vectors (HNSW, exact, default)
+    crossmodal bench --scenarios serve --out docs/bench # `crossmodal serve` under load (crossmodal.bench.serve_load)
 
 Every timing runs in fresh worker processes (``crossmodal.bench.worker``),
 torch and onnxruntime never in the same process, engines alternating, with
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default=None,
                    help="letters of the scenarios to run: a towers, b images e2e, c text query, d cold start, "
                         "e peak RSS (with d), f installed size, g int8 fidelity on trained MiniLM, "
-                        "h index recall at --recall-size vectors (default: all; --quick: abcdef)")
+                        "h index recall at --recall-size vectors (default: all; --quick: abcdef); "
+                        "'serve' (comma-separated from the letters): the HTTP service under load, "
+                        "see python -m crossmodal.bench.serve_load --help")
     p.add_argument("--processes", type=int, help="fresh processes per engine and scenario (default 3; --quick 1)")
     p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
     p.add_argument("--image-batches", type=_ints, help="image tower batch sizes (default 1,8,16,32)")
@@ -73,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if "serve" in (args.scenarios or "").split(","):
+        from .serve_load import run_from_bench
+
+        run_from_bench(args, "crossmodal bench " + " ".join(shlex.quote(a) for a in argv))
+        args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "serve")
+        if not args.scenarios:
+            return 0
     args.scenarios = args.scenarios or (QUICK_SCENARIOS if args.quick else ALL_SCENARIOS)
     bad = set(args.scenarios) - set(ALL_SCENARIOS + ",")
     if bad:
