@@ -24,27 +24,12 @@ import crossmodal
 from crossmodal.index import Index, key_from_sha256
 from crossmodal.retriever import Retriever
 from crossmodal.serve import ServeConfig, create_app
-from helpers.images import png_claiming_size, random_rgb
-from helpers.serve_server import asgi_client
+from helpers.images import png_claiming_size
+from helpers.serve_server import asgi_client, b64, cosines, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "images"
 MIN_COS = 0.99999
-
-
-def _png(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(random_rgb(size[0], size[1], seed)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _cos(a: Any, b: Any) -> np.ndarray:
-    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def run(coro_fn: Callable[[], Any]) -> Any:
@@ -101,7 +86,7 @@ def test_text_embeddings_equal_the_library_in_float_and_base64(tiny_clip_bundle:
             assert out["object"] == "list" and out["model"] == enc.bundle.name
             assert [d["index"] for d in out["data"]] == [0, 1, 2, 3]
             got = np.array([d["embedding"] for d in out["data"]], np.float32)
-            assert got.shape == ref.shape and _cos(got, ref).min() >= MIN_COS
+            assert got.shape == ref.shape and cosines(got, ref).min() >= MIN_COS
             tokens = enc.text.tokenize(texts)["attention_mask"].sum()
             assert out["usage"] == {"prompt_tokens": int(tokens), "total_tokens": int(tokens)}
             assert float(r.headers["x-queue-time"]) >= 0 and float(r.headers["x-inference-time"]) > 0
@@ -113,39 +98,39 @@ def test_text_embeddings_equal_the_library_in_float_and_base64(tiny_clip_bundle:
 
 
 def test_image_embeddings_as_base64_data_uri_multipart_and_raw_bytes(tiny_clip_bundle: Path, enc: Any) -> None:
-    png = _png(1)
+    png = png_bytes(1)
     jpeg = (EXAMPLES / "sunset_gradient.jpg").read_bytes()
     ref = enc.encode_image([png, jpeg])
 
     async def body() -> None:
         async with asgi_client(create_app(tiny_clip_bundle)) as c:
-            r = await c.post("/v1/embeddings", json={"input": [_b64(png), "data:image/jpeg;base64," + _b64(jpeg)],
+            r = await c.post("/v1/embeddings", json={"input": [b64(png), "data:image/jpeg;base64," + b64(jpeg)],
                                                      "modality": "image"})
             assert r.status_code == 200, r.text
             got = np.array([d["embedding"] for d in r.json()["data"]])
-            assert _cos(got, ref).min() >= MIN_COS
+            assert cosines(got, ref).min() >= MIN_COS
             assert r.json()["usage"]["prompt_tokens"] == 0
             r = await c.post("/v1/embeddings", files=[("file", ("a.png", png, "image/png")),
                                                       ("file", ("b.jpg", jpeg, "image/jpeg"))],
                              data={"encoding_format": "float"})
             assert r.status_code == 200, r.text
-            assert _cos([d["embedding"] for d in r.json()["data"]], ref).min() >= MIN_COS
+            assert cosines([d["embedding"] for d in r.json()["data"]], ref).min() >= MIN_COS
             r = await c.post("/v1/embeddings", content=jpeg, headers={"content-type": "image/jpeg"})
             assert r.status_code == 200, r.text
-            assert _cos(r.json()["data"][0]["embedding"], ref[1]).min() >= MIN_COS
+            assert cosines(r.json()["data"][0]["embedding"], ref[1]).min() >= MIN_COS
 
     run(body)
 
 
 def test_one_bad_image_among_32_fails_alone(tiny_clip_bundle: Path, enc: Any) -> None:
-    images = [_png(s) for s in range(32)]
+    images = [png_bytes(s) for s in range(32)]
     images[13] = b"GIF89a but not really an image" * 3
     good = [i for i in range(32) if i != 13]
     ref = enc.encode_image([images[i] for i in good])
 
     async def body() -> None:
         async with asgi_client(create_app(tiny_clip_bundle, max_batch=8)) as c:
-            r = await c.post("/v1/embeddings", json={"input": [_b64(b) for b in images], "modality": "image"})
+            r = await c.post("/v1/embeddings", json={"input": [b64(b) for b in images], "modality": "image"})
             assert r.status_code == 200, r.text
             data = r.json()["data"]
             assert [d["index"] for d in data] == list(range(32))
@@ -153,9 +138,9 @@ def test_one_bad_image_among_32_fails_alone(tiny_clip_bundle: Path, enc: Any) ->
             assert bad["object"] == "error" and "embedding" not in bad
             assert bad["error"]["type"] == "invalid_input_error" and "image #13" in bad["error"]["message"]
             got = np.array([data[i]["embedding"] for i in good])
-            assert _cos(got, ref).min() >= MIN_COS
+            assert cosines(got, ref).min() >= MIN_COS
             # the batch and the thread survived: the next request is served
-            again = await c.post("/v1/embeddings", json={"input": [_b64(images[0])], "modality": "image"})
+            again = await c.post("/v1/embeddings", json={"input": [b64(images[0])], "modality": "image"})
             assert again.status_code == 200
             metrics = (await c.get("/metrics")).text
             assert 'crossmodal_items_failed_total{reason="decode",tower="image"} 1.0' in metrics
@@ -179,9 +164,9 @@ def test_one_bad_image_among_32_fails_alone(tiny_clip_bundle: Path, enc: Any) ->
     ({"json": {"input": ["https://example.com/cat.jpg"], "modality": "image"}}, 400, "url_not_supported",
      "does not fetch URLs"),
     ({"json": {"input": ["%%% not base64 %%%"], "modality": "image"}}, 400, "invalid_base64", "input #0"),
-    ({"json": {"input": [_b64(b"plain text, not an image")], "modality": "image"}}, 422, "invalid_image",
+    ({"json": {"input": [b64(b"plain text, not an image")], "modality": "image"}}, 422, "invalid_image",
      "image #0"),
-    ({"json": {"input": [_b64(png_claiming_size(60000, 60000))], "modality": "image"}}, 422, "invalid_image",
+    ({"json": {"input": [b64(png_claiming_size(60000, 60000))], "modality": "image"}}, 422, "invalid_image",
      "image #0"),
     ({"json": {"input": ["x"], "modality": "audio"}}, 400, "invalid_value", "modality"),
     ({"content": b"input=x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type", "text/plain"),
@@ -268,7 +253,7 @@ def test_search_refuses_an_index_of_another_space_with_409(tiny_clip_bundle: Pat
             r = await c.post("/v1/search", json={"text": "a dog"})
             assert r.status_code == 409
             assert r.json()["error"]["code"] == "incompatible_space" and "another-space" in r.json()["error"]["message"]
-            r = await c.post("/v1/items", json={"image": _b64(_png(0))})
+            r = await c.post("/v1/items", json={"image": b64(png_bytes(0))})
             assert r.status_code == 409
             assert (await c.post("/v1/embeddings", json={"input": "a dog"})).status_code == 200
             card = (await c.get("/v1/models")).json()["data"][0]
@@ -293,7 +278,7 @@ def test_rank_gives_the_library_probabilities(tiny_clip_bundle: Path, enc: Any) 
 
     async def body() -> None:
         async with asgi_client(create_app(tiny_clip_bundle)) as c:
-            r = await c.post("/v1/rank", json={"image": _b64(image), "labels": labels})
+            r = await c.post("/v1/rank", json={"image": b64(image), "labels": labels})
             assert r.status_code == 200, r.text
             out = r.json()
             np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
@@ -301,25 +286,25 @@ def test_rank_gives_the_library_probabilities(tiny_clip_bundle: Path, enc: Any) 
             r = await c.post("/v1/rank", files={"image": ("x.png", image, "image/png")},
                              data={"labels": labels})
             np.testing.assert_allclose(r.json()["probabilities"], want, atol=1e-5)
-            r = await c.post("/v1/rank", json={"image": _b64(image), "labels": "a red circle"})
+            r = await c.post("/v1/rank", json={"image": b64(image), "labels": "a red circle"})
             assert r.status_code == 400 and "labels" in r.json()["error"]["message"]
-            r = await c.post("/v1/rank", json={"image": _b64(image), "labels": []})
+            r = await c.post("/v1/rank", json={"image": b64(image), "labels": []})
             assert r.status_code == 400
 
     run(body)
 
 
 def test_items_are_added_searchable_durable_and_deleted(tiny_clip_bundle: Path, enc: Any, tmp_path: Path) -> None:
-    images = [_png(100 + i) for i in range(3)]
+    images = [png_bytes(100 + i) for i in range(3)]
     idx_path = tmp_path / "new.idx"  # missing: the service creates it for the bundle
 
     async def body() -> list[str]:
         async with asgi_client(create_app(tiny_clip_bundle, idx_path)) as c:
             r = await c.post("/v1/items", json={"items": [
-                {"image": _b64(images[0]), "caption": "a noisy gradient"},
-                {"image": "data:image/png;base64," + _b64(images[1])},
+                {"image": b64(images[0]), "caption": "a noisy gradient"},
+                {"image": "data:image/png;base64," + b64(images[1])},
                 {"image": "not base64 !!"},
-                {"image": _b64(images[2]), "caption": "another one"}]})
+                {"image": b64(images[2]), "caption": "another one"}]})
             assert r.status_code == 200, r.text
             data = r.json()["data"]
             assert data[2]["object"] == "error" and data[2]["error"]["code"] == "invalid_base64"
@@ -332,7 +317,7 @@ def test_items_are_added_searchable_durable_and_deleted(tiny_clip_bundle: Path, 
             again = await c.post("/v1/items", content=images[0], headers={"content-type": "image/png"})
             assert again.json()["data"][0]["added"] is False and again.json()["data"][0]["key"] == keys[0]
             # searchable at once, through both towers
-            r = await c.post("/v1/search", json={"image": _b64(images[1]), "k": 1})
+            r = await c.post("/v1/search", json={"image": b64(images[1]), "k": 1})
             assert r.json()["hits"][0]["key"] == keys[1]
             r = await c.post("/v1/search", json={"text": "a noisy gradient", "k": 1, "target": "text"})
             assert r.json()["hits"][0]["caption"] == "a noisy gradient"
@@ -345,7 +330,7 @@ def test_items_are_added_searchable_durable_and_deleted(tiny_clip_bundle: Path, 
             assert (await c.get(f"/v1/items/{keys[0]}")).status_code == 404
             assert (await c.delete(f"/v1/items/{keys[0]}")).status_code == 404
             assert (await c.delete("/v1/items/not-a-key")).status_code == 404
-            r = await c.post("/v1/search", json={"image": _b64(images[0]), "k": 5})
+            r = await c.post("/v1/search", json={"image": b64(images[0]), "k": 5})
             assert keys[0] not in [h["key"] for h in r.json()["hits"]]
             r = await c.post("/v1/items", json={"items": [{"image": "nope"}]})  # valid base64, not an image
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_image"
@@ -478,6 +463,15 @@ def _gated_text(tiny_clip_bundle: Path) -> tuple[Any, Gate]:
     return enc, gate
 
 
+async def _hold(c: Any, gate: Gate) -> "asyncio.Task[Any]":
+    """Close the gate and send one request that occupies the text tower's thread at it."""
+    gate.open.clear()
+    gate.entered.clear()
+    blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold the thread"}))
+    await _until(gate.entered.is_set)
+    return blocker
+
+
 async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
@@ -493,10 +487,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_rows(tiny_clip_bun
     async def body() -> None:
         async with asgi_client(create_app(enc, cache_size=0, max_batch=64)) as c:
             service = c._transport.app.state.service  # type: ignore[attr-defined]
-            gate.open.clear()
-            gate.entered.clear()
-            blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold the thread"}))
-            await _until(gate.entered.is_set)
+            blocker = await _hold(c, gate)
             tasks = [asyncio.create_task(c.post("/v1/embeddings", json={"input": texts})) for texts in clients]
             want = sum(len(t) for t in clients)
             await _until(lambda: service.batchers["text"].depth == want)
@@ -506,7 +497,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_rows(tiny_clip_bun
                 assert r.status_code == 200, r.text
                 got = np.array([d["embedding"] for d in r.json()["data"]])
                 # each client's rows, in its order, equal the library's answer for that client alone
-                assert _cos(got, ref.encode_text(texts)).min() >= MIN_COS
+                assert cosines(got, ref.encode_text(texts)).min() >= MIN_COS
             # after the canary and the blocker: all 24 queued items in one model call
             assert gate.sizes[2:] == [want]
             text = (await c.get("/metrics")).text
@@ -532,7 +523,7 @@ def test_token_budget_splits_a_request_and_reassembles_it_in_order(tiny_clip_bun
             r = await c.post("/v1/embeddings", json={"input": texts})
             assert r.status_code == 200
             got = np.array([d["embedding"] for d in r.json()["data"]])
-            assert _cos(got, ref.encode_text(texts)).min() >= MIN_COS
+            assert cosines(got, ref.encode_text(texts)).min() >= MIN_COS
             assert len(gate.sizes) > 1  # split across several model calls
 
     run(body)
@@ -544,10 +535,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_rest_are_served(tiny_
     async def body() -> None:
         async with asgi_client(create_app(enc, cache_size=0, max_queue=4, max_inputs=4)) as c:
             service = c._transport.app.state.service  # type: ignore[attr-defined]
-            gate.open.clear()
-            gate.entered.clear()
-            blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold"}))
-            await _until(gate.entered.is_set)
+            blocker = await _hold(c, gate)
             # a flood of 20 clients against a queue of 4 items
             flood = [asyncio.create_task(c.post("/v1/embeddings", json={"input": [f"q{i}", f"r{i}"]}))
                      for i in range(20)]
@@ -570,10 +558,7 @@ def test_a_request_past_its_deadline_gets_504_and_its_items_never_run(tiny_clip_
 
     async def body() -> None:
         async with asgi_client(create_app(enc, cache_size=0, deadline_s=0.3)) as c:
-            gate.open.clear()
-            gate.entered.clear()
-            blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold"}))
-            await _until(gate.entered.is_set)
+            blocker = await _hold(c, gate)
             late = await c.post("/v1/embeddings", json={"input": ["late one", "late two"]})
             assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
             gate.sizes.clear()
@@ -618,11 +603,8 @@ def test_a_client_that_disconnects_has_its_queued_items_dropped(tiny_clip_bundle
         app = create_app(enc, cache_size=0)
         async with asgi_client(app) as c:
             service = app.state.service
-            gate.open.clear()
-            gate.entered.clear()
             gate.sizes.clear()
-            blocker = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hold"}))
-            await _until(gate.entered.is_set)
+            blocker = await _hold(c, gate)
             gone = asyncio.Event()
             leaving = asyncio.create_task(call_then_disconnect(app, gone))
             await _until(lambda: service.batchers["text"].depth == 2)

@@ -44,26 +44,30 @@ def _submit(b: Batcher, loop: asyncio.AbstractEventLoop, payloads: list[int], co
     return job
 
 
-async def _held(model: Model, b: Batcher, loop: asyncio.AbstractEventLoop) -> Job:
-    """Occupy the inference thread with one item so the next submissions queue up."""
+async def _busy(tower: str = "text", **limits: Any) -> tuple[asyncio.AbstractEventLoop, Model, Batcher, Job]:
+    """A started batcher whose inference thread is held on one item (payload 1000), so the
+    next submissions queue up until the test opens ``model.gate``."""
+    loop = asyncio.get_running_loop()
+    model = Model()
+    b = Batcher(tower, model, **limits)
+    b.start()
     model.gate.clear()
-    model.entered.clear()
     job = _submit(b, loop, [1000])
     while not model.entered.is_set():
         await asyncio.sleep(0.002)
-    return job
+    return loop, model, b, job
+
+
+async def _done(*jobs: Job) -> None:
+    await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 10)
 
 
 def test_queued_requests_merge_and_each_gets_its_rows_in_order() -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        model = Model()
-        b = Batcher("text", model, max_batch=8, max_queue=64)
-        b.start()
-        held = await _held(model, b, loop)
+        loop, model, b, held = await _busy("text", max_batch=8, max_queue=64)
         jobs = [_submit(b, loop, [10 * r + i for i in range(r + 1)]) for r in range(4)]  # 1+2+3+4 = 10 items
         model.gate.set()
-        for r, job in enumerate([held, *jobs]):
+        for job in (held, *jobs):
             await asyncio.wait_for(job.future, 10)
         for r, job in enumerate(jobs):
             np.testing.assert_array_equal(job.out[:, 0], [10 * r + i for i in range(r + 1)])
@@ -96,15 +100,11 @@ def test_token_budget_keeps_the_oldest_item_and_groups_similar_lengths() -> None
 
 def test_one_failing_item_fails_alone_and_the_thread_lives_on() -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        model = Model()
-        b = Batcher("image", model, max_batch=8, max_queue=64)
-        b.start()
-        held = await _held(model, b, loop)
+        loop, model, b, held = await _busy("image", max_batch=8, max_queue=64)
         good = _submit(b, loop, [1, 2])
         mixed = _submit(b, loop, [3, -1, 4])
         model.gate.set()
-        await asyncio.wait_for(asyncio.gather(held.future, good.future, mixed.future), 10)
+        await _done(held, good, mixed)
         np.testing.assert_array_equal(good.out[:, 0], [1, 2])
         assert set(mixed.errors) == {1} and "payload -1" in str(mixed.errors[1])
         np.testing.assert_array_equal(mixed.out[[0, 2], 0], [3, 4])
@@ -116,18 +116,14 @@ def test_one_failing_item_fails_alone_and_the_thread_lives_on() -> None:
 
 def test_cancelled_and_late_items_are_dropped_before_inference() -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        model = Model()
-        b = Batcher("text", model, max_batch=8, max_queue=64)
-        b.start()
-        held = await _held(model, b, loop)
+        loop, model, b, held = await _busy("text", max_batch=8, max_queue=64)
         gone = _submit(b, loop, [7, 8])
         late = _submit(b, loop, [9], deadline_s=0.01)
         kept = _submit(b, loop, [5])
         gone.cancel()  # the client disconnected
         await asyncio.sleep(0.05)  # past the late job's deadline
         model.gate.set()
-        await asyncio.wait_for(asyncio.gather(held.future, kept.future), 10)
+        await _done(held, kept)
         with pytest.raises(ServeError) as err:
             await asyncio.wait_for(late.future, 10)
         assert err.value.status == 504
@@ -139,17 +135,13 @@ def test_cancelled_and_late_items_are_dropped_before_inference() -> None:
 
 def test_full_queue_is_refused_at_once_and_room_comes_back() -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        model = Model()
-        b = Batcher("text", model, max_batch=2, max_queue=3, retry_after_s=2)
-        b.start()
-        held = await _held(model, b, loop)
+        loop, model, b, held = await _busy("text", max_batch=2, max_queue=3, retry_after_s=2)
         queued = _submit(b, loop, [1, 2, 3])
         with pytest.raises(ServeError) as err:
             _submit(b, loop, [4])
         assert err.value.status == 429 and err.value.headers == {"retry-after": "2"}
         model.gate.set()
-        await asyncio.wait_for(asyncio.gather(held.future, queued.future), 10)
+        await _done(held, queued)
         again = _submit(b, loop, [4])
         await asyncio.wait_for(again.future, 10)
         assert b.depth == 0
@@ -160,17 +152,13 @@ def test_full_queue_is_refused_at_once_and_room_comes_back() -> None:
 
 def test_stop_with_drain_runs_what_is_queued_and_a_dead_thread_fails_everything() -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        model = Model()
-        b = Batcher("text", model, max_batch=2, max_queue=16)
-        b.start()
-        held = await _held(model, b, loop)
+        loop, model, b, held = await _busy("text", max_batch=2, max_queue=16)
         queued = _submit(b, loop, [1, 2, 3])
         stopper = asyncio.ensure_future(asyncio.to_thread(b.stop, drain=True))
         await asyncio.sleep(0.05)
         model.gate.set()
         await stopper
-        await asyncio.wait_for(asyncio.gather(held.future, queued.future), 10)
+        await _done(held, queued)
         np.testing.assert_array_equal(queued.out[:, 0], [1, 2, 3])
         with pytest.raises(ServeError) as err:
             b.admit(1)

@@ -8,9 +8,7 @@ acknowledged item is there). Every loop here is bounded in count and time.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import signal
 import threading
 import time
@@ -20,29 +18,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 import crossmodal
 from crossmodal.index import Index, key_from_sha256
-from helpers.images import random_rgb
-from helpers.serve_server import running_server, start_server
+from helpers.serve_server import b64, cosines, png_bytes, running_server, start_server
 
 MIN_COS = 0.99999
-
-
-def _png(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(random_rgb(size[0], size[1], seed)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _cos(a: Any, b: Any) -> np.ndarray:
-    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_openai_client_works_unchanged_behind_the_api_key(tiny_clip_bundle: Path, tmp_path: Path) -> None:
@@ -59,7 +40,7 @@ def test_openai_client_works_unchanged_behind_the_api_key(tiny_clip_bundle: Path
         for kwargs in ({}, {"encoding_format": "float"}):
             out = client.embeddings.create(model=enc.bundle.name, input=texts, **kwargs)
             got = np.array([d.embedding for d in out.data])
-            assert got.shape == ref.shape and _cos(got, ref).min() >= MIN_COS
+            assert got.shape == ref.shape and cosines(got, ref).min() >= MIN_COS
             assert [d.index for d in out.data] == [0, 1, 2] and out.model == enc.bundle.name
             assert out.usage.prompt_tokens == out.usage.total_tokens > 0
         assert [m.id for m in client.models.list()] == [enc.bundle.name]
@@ -80,10 +61,10 @@ def test_sigterm_drains_queued_requests_saves_the_index_and_exits_0(tiny_clip_bu
     results: list[Any] = [None] * n_clients
     with running_server(tiny_clip_bundle, "--index", str(idx), "--max-batch", "1", "--decode-workers", "1",
                         log_dir=tmp_path) as srv:
-        added = httpx.post(f"{srv.url}/v1/items", json={"items": [{"image": _b64(_png(s)), "caption": f"item {s}"}
+        added = httpx.post(f"{srv.url}/v1/items", json={"items": [{"image": b64(png_bytes(s)), "caption": f"item {s}"}
                                                                  for s in range(3)]}, timeout=30)
         assert added.status_code == 200
-        images = [_b64(_png(1000 + i, (320, 240))) for i in range(per_request)]
+        images = [b64(png_bytes(1000 + i, (320, 240))) for i in range(per_request)]
 
         def client(i: int) -> None:
             try:
@@ -129,9 +110,9 @@ def test_kill_9_while_adding_items_then_restart_finds_every_acknowledged_item(ti
                 for seed in range(200):  # bounded; the kill comes long before
                     if stop.is_set():
                         return
-                    data = _png(5000 + seed)
+                    data = png_bytes(5000 + seed)
                     try:
-                        r = c.post(f"{srv.url}/v1/items", json={"image": _b64(data), "caption": f"photo {seed}"})
+                        r = c.post(f"{srv.url}/v1/items", json={"image": b64(data), "caption": f"photo {seed}"})
                     except httpx.HTTPError:
                         return
                     if r.status_code == 200:
@@ -158,10 +139,10 @@ def test_kill_9_while_adding_items_then_restart_finds_every_acknowledged_item(ti
                 assert key == str(key_from_sha256(hashlib.sha256(data).hexdigest()))
                 assert Path(item.json()["path"]).read_bytes() == data
             key, data = acked[len(acked) // 2]
-            hits = c.post("/v1/search", json={"image": _b64(data), "k": 1}).json()["hits"]
+            hits = c.post("/v1/search", json={"image": b64(data), "k": 1}).json()["hits"]
             assert hits[0]["key"] == key and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
             # and it keeps taking items after the crash
-            assert c.post("/v1/items", json={"image": _b64(_png(99999))}).json()["data"][0]["added"] is True
+            assert c.post("/v1/items", json={"image": b64(png_bytes(99999))}).json()["data"][0]["added"] is True
     with Index.open(idx, read_only=True) as index:
         assert {str(k) for k in index.keys("image")} >= {k for k, _ in acked}
         assert index.count("text") >= len(acked)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import orjson
@@ -37,7 +36,6 @@ from .service import ClientGone, RequestStats, Service
 log = logging.getLogger("crossmodal.serve")
 access_log = logging.getLogger("crossmodal.serve.access")
 
-STATIC = Path(__file__).resolve().parent / "static"
 # Paths open without the API key: the probes, and the search page itself (it holds no data;
 # its requests carry the key).
 OPEN_PATHS = ("/health/live", "/health/ready", "/")
@@ -87,30 +85,18 @@ def create_app(bundle: Any, index: Any = None, *, variant: str | None = None, th
 
 
 def _page_routes(service: Service) -> list[BaseRoute]:
-    """The search page and its thumbnail route, when this installation ships them."""
-    out: list[BaseRoute] = []
-    page = STATIC / "index.html"
-    if page.is_file():
-        html = page.read_bytes()
-
-        async def index_page(request: Request) -> Response:
-            return Response(html, media_type="text/html; charset=utf-8")
-
-        out.append(Route("/", index_page, methods=["GET"]))
+    """The search page and its thumbnail route (:mod:`crossmodal.serve.thumbnails`), when shipped."""
     try:
-        from .thumbnails import thumbnail_route
+        from .thumbnails import PAGE, search_page, thumbnail_route
     except ImportError:
-        return out
-    out.append(Route("/v1/thumbnails/{key}", thumbnail_route(
-        lambda: service.index if service.index_error is None else None, executor=service.decode_pool,
-        error_response=lambda status, message: _json_error(status, message)), methods=["GET"]))
+        return []
+    out: list[BaseRoute] = []
+    if PAGE.is_file():
+        out.append(Route("/", search_page(), methods=["GET"]))
+    # The index accessor raises the service's 404 (no index) / 409 (another space) itself.
+    out.append(Route("/v1/thumbnails/{key}", thumbnail_route(service.require_index, executor=service.decode_pool),
+                     methods=["GET"]))
     return out
-
-
-def _json_error(status: int, message: str) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error", 422: "invalid_input_error"}.get(status,
-                                                                                                  "server_error")
-    return _response(status, error_body(message, kind, {404: "not_found"}.get(status, kind)))
 
 
 def _response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

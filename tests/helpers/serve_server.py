@@ -19,7 +19,9 @@ Everything is bounded in time: a server that exits early or never gets ready rai
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import os
 import re
 import signal
@@ -156,6 +158,30 @@ async def asgi_client(app: Any, *, ready: bool = True, timeout: float = 60.0) ->
             yield client
 
 
+def png_bytes(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
+    """A PNG of smooth gradients plus noise (:func:`helpers.images.random_rgb`), distinct per seed."""
+    from PIL import Image
+
+    from helpers.images import random_rgb
+
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(size[0], size[1], seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 text of ``data``, as JSON requests carry images."""
+    return base64.b64encode(data).decode()
+
+
+def cosines(a: Any, b: Any) -> Any:
+    """Row-wise cosine similarity of two (n, d) arrays (a single row broadcasts)."""
+    import numpy as np
+
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
@@ -174,4 +200,5 @@ def _check_alive(proc: subprocess.Popen[bytes], log_path: Path, deadline: float)
         raise ServerStartError(f"crossmodal serve was not ready in time:\n{log}")
 
 
-__all__ = ["ServeProcess", "ServerStartError", "start_server", "running_server", "asgi_client", "LISTENING"]
+__all__ = ["ServeProcess", "ServerStartError", "start_server", "running_server", "asgi_client", "png_bytes", "b64", "cosines",
+           "LISTENING"]
