@@ -4,7 +4,8 @@ One :class:`Service` per app. It owns:
 
 * the :class:`~crossmodal.encoder.Encoder` (and, for ALBEF bundles with a re-ranker, the
   :class:`~crossmodal.rerank.Reranker` whose encoder it is) and one :class:`Batcher` per tower;
-* the :class:`~crossmodal.index.Index` (optional), written by ONE writer thread (adds,
+* the :class:`~crossmodal.index.Index` (optional) and the one :class:`~crossmodal.retriever.Retriever`
+  that searches it (and re-ranks); the index is written by ONE writer thread (adds,
   removals, uploaded files, compaction) while searches run in a search pool: the index
   keeps its own lock around graph changes, so searches keep being answered during adds;
 * a decode pool (image decoding and preprocessing) and the text-query cache.
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..encoder import Encoder
     from ..index import Index
     from ..rerank import Reranker
+    from ..retriever import Retriever
 
 log = logging.getLogger("crossmodal.serve")
 
@@ -99,6 +101,7 @@ class Service:
         self.encoder: Encoder | None = None
         self.reranker: Reranker | None = None
         self.index: Index | None = None
+        self.retriever: Retriever | None = None
         self.index_error: ServeError | None = None
         self.uploads_dir: Path | None = None
         self.fingerprint = ""
@@ -148,11 +151,11 @@ class Service:
         if index is None:
             return
         self.index = index
+        from ..retriever import Retriever
+
         try:
-            index.check_encoder(enc)
-            if self.reranker is not None and self.reranker.bundle.space != index.space:
-                raise IncompatibleTowersError(f"the re-ranker's space {self.reranker.bundle.space!r} differs from "
-                                              f"the index's {index.space!r}")
+            # One Retriever answers every search; it refuses an index (or re-ranker) of another space.
+            self.retriever = Retriever(enc, index, self.reranker)
         except IncompatibleTowersError as exc:
             # Embedding still works; search and items refuse with 409 (and say why).
             self.index_error = from_library(exc)
@@ -355,25 +358,26 @@ class Service:
     # ------------------------------------------------------------- index
 
     async def search(self, vectors: NDArray[np.float32], k: int, tower: str, exact: bool | None) -> tuple[list[Any], str]:
-        """Top-``k`` hits of one query vector in the search pool; also which search answered."""
+        """Top-``k`` hits of one query vector (in the search pool), and which search answered."""
         index = self.require_index()
+        retriever = self.retriever
+        assert retriever is not None
 
         def run() -> tuple[list[Any], str]:
             used = exact if exact is not None else index.uses_exact(tower)
-            return index.search(vectors, k, tower=tower, exact=exact), ("exact" if used else "hnsw")
+            return retriever.search_vector(vectors, k, tower=tower, exact=exact), ("exact" if used else "hnsw")
 
         return await self._in(self.search_pool, run)
 
     async def rerank_search(self, text: str, k: int, depth: int, exact: bool | None) -> tuple[list[Any], str]:
         """Text -> image search re-scored by the bundle's re-ranker (its own model calls, in the search pool)."""
         index = self.require_index()
-        if self.reranker is None:
+        retriever = self.retriever
+        assert retriever is not None
+        if retriever.reranker is None:
             enc = self.encoder
             raise bad_request(f"rerank needs an ALBEF bundle with a rerank tower; {enc.bundle.name if enc else '?'} "
                               "has none", "rerank_not_supported")
-        from ..retriever import Retriever
-
-        retriever = Retriever(self.reranker.encoder, index, self.reranker)
 
         def run() -> tuple[list[Any], str]:
             used = exact if exact is not None else index.uses_exact("image")
