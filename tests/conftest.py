@@ -51,8 +51,24 @@ EXPORT_MODULES = frozenset({
 # Fixtures that build or call a torch/transformers model; a test using one, directly or
 # through another fixture, is an export test wherever it lives.
 EXPORT_FIXTURES = frozenset({"tiny_clip_dir", "tiny_st_clip_dir", "clip_ref"})
-# Modules that take more than a few seconds on 2 cores (measured with --durations).
-SLOW_MODULES = frozenset()
+# Single tests that need the export side inside a subprocess (module.py::function).
+EXPORT_TESTS = frozenset({
+    "test_cli.py::test_export_without_network_stops_at_once_with_instructions",
+    "test_wheel.py::test_installed_wheel_finds_cards_and_calibration_images",  # imports crossmodal.export
+})
+# More than ~5 s on 2 busy cores (pytest --durations); `make test-fast` leaves them out.
+SLOW_MODULES = frozenset({
+    "test_bench_index_recall.py",  # recall measurements: 10-25 s each
+    "test_serve_bench.py",         # a quick load benchmark against a live server: ~30 s
+    "test_serve_browser.py",       # a server and a headless browser per module
+    "test_serve_process.py",       # real server processes: signals, kill -9, restarts
+})
+SLOW_TESTS = frozenset({
+    "test_index.py::test_concurrent_readers_while_writer_adds",
+    "test_ingest.py::test_end_to_end_build_kill_resume_search",
+    "test_readme.py::test_cli_lines_run",
+    "test_runtime_no_torch.py::test_encoding_works_without_torch",
+})
 
 
 def _lane_markers(config: pytest.Config) -> list[str]:
@@ -94,9 +110,11 @@ _NOT_COLLECTED = pytest.StashKey[list]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.name
-        if module in EXPORT_MODULES or EXPORT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        name = f"{module}::{getattr(item, 'originalname', item.name)}"
+        if (module in EXPORT_MODULES or name in EXPORT_TESTS
+                or EXPORT_FIXTURES.intersection(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.export)
-        if module in SLOW_MODULES:
+        if module in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 

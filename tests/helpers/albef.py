@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from helpers.bundles import ALBEF_TARGETS, TINY_ALBEF, copy_prebuilt, export_tiny_albef
+from helpers.bundles import ALBEF_TARGETS, export_tiny_albef, tiny_albef_bundle
 from helpers.golden import (  # noqa: F401  (the ALBEF tests import the golden names from here)
     GOLDEN,
     TINY_CKPT,
@@ -99,8 +99,8 @@ def bicubic_resize_reference(img: NDArray[np.floating], size: int) -> NDArray[np
 def export_tiny_bundle(out: Path, targets: str = ALBEF_TARGETS, **kwargs: Any) -> Path:
     """The golden tiny checkpoint as a bundle at ``out`` (image, text and rerank towers).
 
-    The default bundle is taken ready-made in the torch-free lane (helpers.bundles).
+    The default bundle is exported once per session, or taken ready-made (helpers.bundles).
     """
-    if targets == ALBEF_TARGETS and not kwargs and copy_prebuilt(TINY_ALBEF, out):
-        return out
+    if targets == ALBEF_TARGETS and not kwargs:
+        return tiny_albef_bundle(out)
     return export_tiny_albef(out, targets, **kwargs)

@@ -2,8 +2,9 @@
 
 The torch-free lane (`make test-runtime`) cannot export: the full environment
 exports the same bundles beforehand (tests/helpers/build_test_bundles.py) and
-CROSSMODAL_TEST_BUNDLES points at them. Tests then get a private copy, so a
-test that edits its bundle cannot change what the next one loads.
+CROSSMODAL_TEST_BUNDLES points at them (`make test-fast` reuses them too, to
+skip a minute of exporting). Tests always get a private copy, so a test that
+edits its bundle cannot change what the next one loads.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ def export_tiny_clip(hf_dir: Path, out: Path) -> Path:
     from crossmodal.export.clip import export_clip
 
     return export_clip(str(hf_dir), out, CLIP_TARGETS, calib_dir=ROOT / "examples" / "images")
+
+
+_ALBEF_CACHE: list[Path] = []
+
+
+def tiny_albef_bundle(out: Path) -> Path:
+    """A copy of the default tiny ALBEF bundle at ``out``: ready-made, or exported once per process."""
+    if copy_prebuilt(TINY_ALBEF, out):
+        return out
+    if not _ALBEF_CACHE:
+        # Kept beside the first caller's folder, out of every test's reach.
+        _ALBEF_CACHE.append(export_tiny_albef(out.parent / f".{TINY_ALBEF}-session"))
+    shutil.copytree(_ALBEF_CACHE[0], out)
+    return out
 
 
 def export_tiny_albef(out: Path, targets: str = ALBEF_TARGETS, **kwargs: Any) -> Path:
