@@ -314,8 +314,11 @@ def test_items_are_added_searchable_durable_and_deleted(tiny_clip_bundle: Path, 
             stored = Path(data[0]["path"])
             assert stored.read_bytes() == images[0] and stored.parent == idx_path / "uploads"
             # the same bytes again: not added twice
-            again = await c.post("/v1/items", content=images[0], headers={"content-type": "image/png"})
-            assert again.json()["data"][0]["added"] is False and again.json()["data"][0]["key"] == keys[0]
+            again = await c.post("/v1/items?caption=renamed", content=images[0], headers={"content-type": "image/png"})
+            assert again.json()["data"][0] == {"object": "item", "index": 0, "key": keys[0], "path": str(stored),
+                                               "caption": "a noisy gradient", "added": False}
+            assert sorted(p.name for p in stored.parent.iterdir()) == sorted(
+                Path(data[i]["path"]).name for i in (0, 1, 3))  # no second file
             # searchable at once, through both towers
             r = await c.post("/v1/search", json={"image": b64(images[1]), "k": 1})
             assert r.json()["hits"][0]["key"] == keys[1]
@@ -325,7 +328,8 @@ def test_items_are_added_searchable_durable_and_deleted(tiny_clip_bundle: Path, 
             assert got["caption"] == "a noisy gradient" and got["path"] == str(stored)
             # delete: the item, its caption vector and its uploaded file go
             r = await c.delete(f"/v1/items/{keys[0]}")
-            assert r.status_code == 200 and r.json()["captions_removed"] == 1 and r.json()["file_removed"]
+            # both captions of the item ("a noisy gradient" and the later "renamed") go with it
+            assert r.status_code == 200 and r.json()["captions_removed"] == 2 and r.json()["file_removed"]
             assert not stored.exists()
             assert (await c.get(f"/v1/items/{keys[0]}")).status_code == 404
             assert (await c.delete(f"/v1/items/{keys[0]}")).status_code == 404

@@ -3,13 +3,14 @@
 Add (JSON): ``{"items": [{"image": <base64 or data URI>, "caption": <optional str>}, ...]}``
 (or one item's fields at the top level); multipart: image file parts in order, with
 ``caption`` fields in the same order (all or none); raw image body with
-``?caption=...``. Each image is embedded, stored as ``<uploads>/<sha256>.<ext>`` and
+``?caption=...``. Each new image is embedded, stored as ``<uploads>/<sha256>.<ext>`` and
 added under its content key (the same key ``crossmodal index build`` gives the same
 bytes); a caption is stored as the item's caption and, when the bundle has a text tower,
 embedded into the index's text tower (image -> caption search), as ingestion does.
 The response returns only when the index journal holds the items (durable, as
 ``crossmodal index add``): ``{"object": "list", "data": [{"index", "key", "path",
-"caption", "added"}]}``; ``added`` is false for content already indexed. Failed
+"caption", "added"}]}``; ``added`` is false for content already indexed (its
+existing path and caption are returned; a new caption is still embedded for it). Failed
 inputs get ``{"index", "error"}`` entries (all failed: the first error's status).
 
 ``GET /v1/items/{key}``: the item's metadata. ``DELETE /v1/items/{key}``: remove the
@@ -138,16 +139,22 @@ def _write(service: Service, index: Any, entries: list[tuple[int, bytes, np.ndar
     text_metas, text_vecs = [], []
     for i, data, vec, caption, cap_vec in entries:
         sha = hashlib.sha256(data).hexdigest()
-        path = str(store_upload(service.uploads_dir, data, sha))
-        metas.append({"path": path, "caption": caption, "sha256": sha})
-        vecs.append(vec)
-        out[i] = {"key": str(key_from_sha256(sha)), "path": path, "caption": caption}
+        key = key_from_sha256(sha)
+        known = index.get(key)
+        if known is not None and known.path:
+            # Already indexed (by a build or an earlier upload): no second file, its record stands.
+            path, caption_kept = known.path, known.caption
+        else:
+            path, caption_kept = str(store_upload(service.uploads_dir, data, sha)), caption
+            metas.append({"path": path, "caption": caption, "sha256": sha})
+            vecs.append(vec)
+        out[i] = {"key": str(key), "path": path, "caption": caption_kept}
         if cap_vec is not None:
             # The caption's key follows ingestion's rule (image content + caption text).
             text_metas.append({"path": path, "caption": caption,
                                "sha256": hashlib.sha256(f"{sha}\n{caption}".encode("utf-8")).hexdigest()})
             text_vecs.append(cap_vec)
-    added = {int(k) for k in index.add(np.stack(vecs), metas)}
+    added = {int(k) for k in index.add(np.stack(vecs), metas)} if vecs else set()
     n = len(added)
     if text_vecs:
         n += len(index.add(np.stack(text_vecs), text_metas, tower="text"))
