@@ -146,3 +146,19 @@ def test_kill_9_while_adding_items_then_restart_finds_every_acknowledged_item(ti
     with Index.open(idx, read_only=True) as index:
         assert {str(k) for k in index.keys("image")} >= {k for k, _ in acked}
         assert index.count("text") >= len(acked)
+
+
+def test_cli_refuses_bad_arguments_before_binding(tiny_clip_bundle: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossmodal.serve.cli import main
+
+    monkeypatch.delenv("CM_UNSET_KEY", raising=False)
+    cases = [([str(tmp_path / "missing")], "bundle.json"),
+             ([str(tiny_clip_bundle), "--api-key-env", "CM_UNSET_KEY"], "CM_UNSET_KEY"),
+             ([str(tiny_clip_bundle), "--max-batch", "0"], "max_batch"),
+             ([str(tiny_clip_bundle), "--index", str(tmp_path)], "not a crossmodal index")]
+    for argv, words in cases:
+        assert main([*argv, "--port", "0"]) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and "listening" not in err, (argv, err)
