@@ -9,6 +9,13 @@ Recall@1/5/10, mean and median rank in both directions:
 * image -> text: for each image, the best rank among its captions (the convention of the
   VSE/ALBEF/CLIP evaluation code).
 
+With caption fusion (``fusion=CaptionFusion(...)``, ``crossmodal eval --fuse captions``)
+the report also holds text -> image ranked by a fusion of the query's similarity to each
+image and to that image's captions (:mod:`crossmodal.fusion`), computed over all images.
+The captions are either the split's own reference captions, leave-one-out (a query never
+sees itself among its image's captions: an upper bound for what generated captions give),
+or a captions file (``--fuse-captions FILE``, e.g. a captioning model's output).
+
 Ranks count ties against the model (a ground truth tied with another candidate ranks
 below it), so a degenerate encoder that gives every pair the same score gets the worst
 rank, never a perfect one. Recalls are percentages.
@@ -20,12 +27,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
+from .fusion import RRF_K0, fuse_mode, fuse_weight, rrf_term, weighted
 from .inputs import positive_int
 
 DATASETS = ("flickr30k", "coco")
@@ -81,6 +89,9 @@ class RetrievalScores:
     n_texts: int
     dataset: str = ""
     split: str = ""
+    # text -> image ranked with caption fusion, and how (CaptionFusion.describe()); None without fusion.
+    text_to_image_fused: DirectionScores | None = None
+    fusion: dict[str, Any] | None = None
 
     @property
     def rsum(self) -> float:
@@ -88,19 +99,30 @@ class RetrievalScores:
         return sum(self.text_to_image.recall.values()) + sum(self.image_to_text.recall.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "split": self.split, "n_images": self.n_images, "n_texts": self.n_texts,
-                "text_to_image": self.text_to_image.to_dict(), "image_to_text": self.image_to_text.to_dict(),
-                "rsum": round(self.rsum, 2)}
+        out = {"dataset": self.dataset, "split": self.split, "n_images": self.n_images, "n_texts": self.n_texts,
+               "text_to_image": self.text_to_image.to_dict(), "image_to_text": self.image_to_text.to_dict(),
+               "rsum": round(self.rsum, 2)}
+        if self.text_to_image_fused is not None:
+            out["text_to_image_fused"] = self.text_to_image_fused.to_dict()
+            out["fusion"] = self.fusion
+        return out
 
     def format_table(self) -> str:
         ks = sorted(self.text_to_image.recall)
         head = "direction       " + "".join(f"{'R@' + str(k):>8}" for k in ks) + f"{'meanR':>9}{'medR':>7}"
         rows = [head]
-        for name, d in (("text -> image", self.text_to_image), ("image -> text", self.image_to_text)):
+        directions = [("text -> image", self.text_to_image), ("image -> text", self.image_to_text)]
+        if self.text_to_image_fused is not None:
+            directions.insert(1, ("  fused", self.text_to_image_fused))
+        for name, d in directions:
             rows.append(f"{name:<16}" + "".join(f"{d.recall[k]:>8.2f}" for k in ks)
                         + f"{d.mean_rank:>9.2f}{d.median_rank:>7.1f}")
         rows.append(f"{self.dataset} {self.split}: {self.n_images} images, {self.n_texts} captions, "
                     f"rsum {self.rsum:.2f}")
+        if self.fusion is not None:
+            f = self.fusion
+            how = f"rrf (k0 {f['k0']})" if f["mode"] == "rrf" else f"weighted, caption weight {f['weight']}"
+            rows.append(f"fused: text -> image by image and caption similarity, {how}; captions: {f['captions']}")
         return "\n".join(rows)
 
 
@@ -145,10 +167,90 @@ def scores_from_ranks(ranks: NDArray[np.int64], ks: Sequence[int] = DEFAULT_KS) 
                            mean_rank=float(r.mean() + 1), median_rank=float(np.median(r) + 1), n_queries=int(r.size))
 
 
+def _min_ranks(scores: NDArray[np.floating]) -> NDArray[np.int64]:
+    """1-based rank of every entry within its row, best first; equal scores share the best rank of the tie."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ordered = np.take_along_axis(scores, order, axis=1)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(scores.shape[1])[None, :], 0), axis=1)
+    ranks = np.empty_like(first)
+    np.put_along_axis(ranks, order, first + 1, axis=1)
+    return ranks
+
+
+@dataclass(frozen=True)
+class CaptionFusion:
+    """How :func:`evaluate` adds a caption-fused text -> image ranking (see the module docstring).
+
+    ``mode``: ``'weighted'`` ((1 - weight) * image + weight * best caption cosine; an image
+    without a caption keeps its image cosine) or ``'rrf'`` (reciprocal-rank fusion of the
+    image ranking and the best-caption ranking, k0 = 60). ``captions``: image file name ->
+    its captions (e.g. :func:`crossmodal.ingest.read_captions` of a captioner's output);
+    None: the split's reference captions, leave-one-out. ``source`` names them in the report.
+    """
+
+    mode: str = "weighted"
+    weight: float | None = None
+    captions: Mapping[str, Sequence[str]] | None = None
+    source: str = "reference captions, leave-one-out"
+
+    def __post_init__(self) -> None:
+        fuse_mode(self.mode)
+        object.__setattr__(self, "weight", fuse_weight(self.weight))
+
+    def describe(self) -> dict[str, Any]:
+        """What the report prints about the fusion."""
+        out: dict[str, Any] = {"mode": self.mode, "captions": self.source}
+        out.update({"k0": RRF_K0} if self.mode == "rrf" else {"weight": self.weight})
+        return out
+
+
+def ranks_text_to_image_fused(text_emb: NDArray[np.float32], image_emb: NDArray[np.float32],
+                              caption_emb: NDArray[np.float32], caption_owner: NDArray[np.int64],
+                              text_to_image: NDArray[np.int64], fusion: CaptionFusion, *,
+                              leave_one_out: bool, chunk: int = 256) -> NDArray[np.int64]:
+    """0-based rank of each query's image under caption fusion, over all images.
+
+    ``caption_emb[j]`` is a caption of image ``caption_owner[j]``; ``leave_one_out``: caption
+    ``i`` *is* query ``i`` (the reference captions) and is hidden from query ``i``.
+    """
+    n_images = len(image_emb)
+    order = np.argsort(caption_owner, kind="stable")
+    owners = caption_owner[order]
+    captioned, starts = np.unique(owners, return_index=True)
+    ranks = np.empty(len(text_emb), dtype=np.int64)
+    for s in range(0, len(text_emb), chunk):
+        q = text_emb[s:s + chunk]
+        sim_image = q @ image_emb.T
+        sim_caption = q @ caption_emb.T
+        if leave_one_out:
+            rows = np.arange(len(q))
+            sim_caption[rows, s + rows] = -np.inf
+        best = np.full((len(q), n_images), -np.inf, dtype=np.float32)
+        if len(order):
+            best[:, captioned] = np.maximum.reduceat(sim_caption[:, order], starts, axis=1)
+        has_caption = np.isfinite(best)
+        if fusion.mode == "weighted":
+            # The rule of crossmodal.fusion.weighted_fusion: no caption -> the image cosine alone.
+            fused = weighted(sim_image, np.where(has_caption, best, sim_image), float(fusion.weight or 0.0))
+        else:
+            fused = rrf_term(_min_ranks(sim_image)) + np.where(has_caption, rrf_term(_min_ranks(best)), 0.0)
+        ranks[s:s + chunk] = _ranks_single(fused, text_to_image[s:s + chunk])
+    return ranks
+
+
 def evaluate_embeddings(image_emb: NDArray[np.float32], text_emb: NDArray[np.float32],
                         text_to_image: Sequence[int] | NDArray[np.int64], *, ks: Sequence[int] = DEFAULT_KS,
-                        dataset: str = "", split: str = "") -> RetrievalScores:
-    """Scores from L2-normalised embeddings; ``text_to_image[i]`` is the image of caption ``i``."""
+                        dataset: str = "", split: str = "", fusion: CaptionFusion | None = None,
+                        caption_emb: NDArray[np.float32] | None = None,
+                        caption_owner: Sequence[int] | NDArray[np.int64] | None = None) -> RetrievalScores:
+    """Scores from L2-normalised embeddings; ``text_to_image[i]`` is the image of caption ``i``.
+
+    ``fusion`` adds the caption-fused text -> image scores; its captions are ``caption_emb``
+    (caption ``j`` belongs to image ``caption_owner[j]``) or, when not given, the texts
+    themselves, leave-one-out.
+    """
     img = np.asarray(image_emb, dtype=np.float32)
     txt = np.asarray(text_emb, dtype=np.float32)
     t2i = np.asarray(text_to_image, dtype=np.int64)
@@ -158,10 +260,23 @@ def evaluate_embeddings(image_emb: NDArray[np.float32], text_emb: NDArray[np.flo
         raise InputError(f"text_to_image must give an image index in [0, {len(img)}) for each of {len(txt)} texts.")
     sim = txt @ img.T  # (n_texts, n_images)
     groups = _groups(t2i, len(img))
+    fused = None
+    if fusion is not None:
+        if caption_emb is None:
+            fused = ranks_text_to_image_fused(txt, img, txt, t2i, t2i, fusion, leave_one_out=True)
+        else:
+            cap = np.asarray(caption_emb, dtype=np.float32).reshape(-1, img.shape[1])
+            owner = np.asarray(caption_owner if caption_owner is not None else [], dtype=np.int64)
+            if owner.shape != (len(cap),) or (owner.size and (owner.min() < 0 or owner.max() >= len(img))):
+                raise InputError(f"caption_owner must give an image index in [0, {len(img)}) for each of "
+                                 f"{len(cap)} captions.")
+            fused = ranks_text_to_image_fused(txt, img, cap, owner, t2i, fusion, leave_one_out=False)
     return RetrievalScores(
         text_to_image=scores_from_ranks(ranks_text_to_image(sim, t2i), ks),
         image_to_text=scores_from_ranks(ranks_image_to_text(np.ascontiguousarray(sim.T), groups), ks),
-        n_images=len(img), n_texts=len(txt), dataset=dataset, split=split)
+        n_images=len(img), n_texts=len(txt), dataset=dataset, split=split,
+        text_to_image_fused=None if fused is None else scores_from_ranks(fused, ks),
+        fusion=None if fusion is None else fusion.describe())
 
 
 # --------------------------------------------------------------------------- dataset
@@ -237,8 +352,13 @@ def _resolve_image(root: Path, dataset: str, filepath: Any, filename: str) -> Pa
 
 
 def evaluate(encoder: Any, data: KarpathySplit, *, image_batch_size: int = 32, text_batch_size: int = 256,
-             ks: Sequence[int] = DEFAULT_KS, progress: bool = False, stream: IO[str] | None = None) -> RetrievalScores:
-    """Embed ``data`` with ``encoder`` (both towers) and score it; ``progress`` draws a bar on ``stream`` (stderr)."""
+             ks: Sequence[int] = DEFAULT_KS, progress: bool = False, stream: IO[str] | None = None,
+             fusion: CaptionFusion | None = None) -> RetrievalScores:
+    """Embed ``data`` with ``encoder`` (both towers) and score it; ``progress`` draws a bar on ``stream`` (stderr).
+
+    ``fusion`` adds text -> image with caption fusion (:class:`CaptionFusion`); captions of a
+    file are matched to the split's images by file name.
+    """
     from .progress import progress_bar
 
     image_batch_size = positive_int("image_batch_size", image_batch_size)
@@ -254,8 +374,21 @@ def evaluate(encoder: Any, data: KarpathySplit, *, image_batch_size: int = 32, t
             bar.update(len(paths))
     img = np.concatenate(parts)
     txt = encoder.encode_text(list(data.captions), batch_size=text_batch_size)
-    return evaluate_embeddings(img, txt, data.text_to_image, ks=ks, dataset=data.dataset, split=data.split)
+    cap_emb, owner = None, None
+    if fusion is not None and fusion.captions is not None:
+        texts, owners = [], []
+        for i, p in enumerate(data.image_paths):
+            for c in fusion.captions.get(p.name, ()):
+                texts.append(c)
+                owners.append(i)
+        if not texts:
+            raise InputError(f"none of the {len(data.image_paths)} {data.split} images has a caption in "
+                             f"{fusion.source}; its records must name the images by file name.")
+        cap_emb = encoder.encode_text(texts, batch_size=text_batch_size)
+        owner = np.asarray(owners, dtype=np.int64)
+    return evaluate_embeddings(img, txt, data.text_to_image, ks=ks, dataset=data.dataset, split=data.split,
+                               fusion=fusion, caption_emb=cap_emb, caption_owner=owner)
 
 
-__all__ = ["KarpathySplit", "DirectionScores", "RetrievalScores", "load_karpathy", "find_karpathy_json",
+__all__ = ["KarpathySplit", "DirectionScores", "RetrievalScores", "CaptionFusion", "ranks_text_to_image_fused", "load_karpathy", "find_karpathy_json",
            "evaluate", "evaluate_embeddings", "ranks_text_to_image", "ranks_image_to_text", "scores_from_ranks"]

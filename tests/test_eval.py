@@ -10,11 +10,13 @@ import pytest
 
 from crossmodal.errors import InputError
 from crossmodal.evaluate import (
+    CaptionFusion,
     evaluate,
     evaluate_embeddings,
     load_karpathy,
     ranks_image_to_text,
     ranks_text_to_image,
+    ranks_text_to_image_fused,
 )
 from crossmodal.manifest import BundleInfo
 from helpers.datasets import make_karpathy_dataset
@@ -159,3 +161,93 @@ def test_eval_command_with_the_tiny_clip_bundle(tiny_clip_bundle: Path, tmp_path
     for direction in ("text_to_image", "image_to_text"):
         for key in ("R@1", "R@5", "R@10", "mean_rank", "median_rank"):
             assert got[direction][key] == pytest.approx(want[direction][key], abs=0.01)
+
+
+# Four captions of three one-hot images; fusion numbers are worked out by hand in the test.
+FUSE_IMG = np.eye(3, 4, dtype=np.float32)
+FUSE_TXT = np.array([[0.1, 0.3, 0, 1], [0.2, 0, 0, 1], [0, 0.5, 0.4, 0], [0, 0.6, 0.5, 0]], dtype=np.float32)
+FUSE_OWNER = [0, 0, 1, 2]
+
+
+def test_caption_fusion_leave_one_out_by_hand() -> None:
+    plain = evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, ks=(1, 2))
+    assert plain.text_to_image_fused is None and "text_to_image_fused" not in plain.to_dict()
+    # image only: t0 ranks its image 2nd (0.1 < 0.3), t3 too (0.5 < 0.6)
+    assert plain.text_to_image.recall == pytest.approx({1: 50.0, 2: 100.0})
+    fused = evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, ks=(1, 2), fusion=CaptionFusion())
+    # weighted, w 0.5, each query hidden from its own image's captions:
+    # t0: image 0 = .5*.1 + .5*(t0.t1 = 1.02) = .56 beats .225 and .09 -> rank 1 (fusion fixes it)
+    # t3: image 2 has no other caption -> .5 (its cosine); image 1 = .5*.6 + .5*(t3.t2 = .5) = .55 -> rank 2
+    assert ranks_text_to_image_fused(FUSE_TXT, FUSE_IMG, FUSE_TXT, np.array(FUSE_OWNER), np.array(FUSE_OWNER),
+                                     CaptionFusion(), leave_one_out=True).tolist() == [0, 0, 0, 1]
+    assert fused.text_to_image_fused is not None
+    assert fused.text_to_image_fused.recall == pytest.approx({1: 75.0, 2: 100.0})
+    assert fused.text_to_image.recall == plain.text_to_image.recall  # the plain ranking is still reported
+    d = fused.to_dict()
+    assert d["fusion"] == {"mode": "weighted", "weight": 0.5, "captions": "reference captions, leave-one-out"}
+    assert d["text_to_image_fused"]["R@1"] == 75.0
+    table = fused.format_table()
+    assert "  fused" in table and "weighted, caption weight 0.5" in table
+
+
+def test_caption_fusion_rrf_by_hand() -> None:
+    rrf = CaptionFusion(mode="rrf")
+    ranks = ranks_text_to_image_fused(FUSE_TXT, FUSE_IMG, FUSE_TXT, np.array(FUSE_OWNER), np.array(FUSE_OWNER),
+                                      rrf, leave_one_out=True)
+    # t0: image 0 = 1/62 + 1/61 > image 1 = 1/61 + 1/63. t2: its image has no other caption, so only
+    # 1/61 against image 2's 1/62 + 1/61 and image 0's 1/63 + 1/62 -> 3rd; t3 likewise 3rd.
+    assert ranks.tolist() == [0, 0, 2, 2]
+    s = evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, ks=(1,), fusion=rrf)
+    assert s.text_to_image_fused is not None and s.text_to_image_fused.recall == pytest.approx({1: 50.0})
+    assert s.to_dict()["fusion"] == {"mode": "rrf", "k0": 60, "captions": "reference captions, leave-one-out"}
+
+
+def test_caption_fusion_with_given_captions_and_weights() -> None:
+    # one given caption per image, the one-hot of image 2 for image 2 only
+    caps = np.array([[0, 0, 1, 0]], dtype=np.float32)
+    s = evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, ks=(1,), fusion=CaptionFusion(weight=1.0),
+                            caption_emb=caps, caption_owner=[2])
+    # w = 1: image 2 scores its caption cosine (0, 0, .4, .5), images 0 and 1 their image cosine
+    # t0 [.1, .3, 0] -> 2nd; t1 [.2, 0, 0] -> 1st; t2 [0, .5, .4] -> 1st; t3 [0, .6, .5] -> 2nd
+    assert s.text_to_image_fused is not None and s.text_to_image_fused.recall == pytest.approx({1: 50.0})
+    with pytest.raises(InputError, match="caption_owner"):
+        evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, fusion=CaptionFusion(), caption_emb=caps,
+                            caption_owner=[3])
+    with pytest.raises(InputError, match="fuse_weight"):
+        CaptionFusion(weight=2)
+    with pytest.raises(InputError, match="fuse_mode"):
+        CaptionFusion(mode="sum")
+
+
+def test_eval_command_reports_fused_and_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ds = make_karpathy_dataset(tmp_path / "data", name="flickr30k", n_test=6, captions_per_image=2)
+    import crossmodal.loader
+    from crossmodal.cli import main
+
+    enc = table_encoder(ds)
+    monkeypatch.setattr(crossmodal.loader, "load", lambda *a, **k: enc)
+    base = ["eval", str(tmp_path / "bundle"), "--dataset", "flickr30k", "--root", str(tmp_path / "data"), "--json"]
+    assert main(base + ["--fuse", "captions"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text_to_image"]["R@5"] == pytest.approx(66.67)  # the plain ranking, as without fusion
+    # Leave-one-out: image 5's two captions both point at image 0 (WRONG), so each sees the other
+    # as image 5's caption: image 5 scores .5 * 0 + .5 * 1 = .5, second only to image 0's 1.0.
+    # They move from rank 6 to rank 2; every other caption keeps its rank.
+    assert out["text_to_image_fused"]["R@1"] == pytest.approx(66.67)
+    assert out["text_to_image_fused"]["R@5"] == pytest.approx(83.33)
+    assert out["fusion"] == {"mode": "weighted", "weight": 0.5, "captions": "reference captions, leave-one-out"}
+    # Captions from a file, matched by file name: image 1's generated caption points at image 0.
+    capfile = tmp_path / "generated.jsonl"
+    capfile.write_text(json.dumps({"image": "some/dir/" + ds.test_images[1], "caption": "gen-1"}) + "\n")
+    enc.texts["gen-1"] = np.eye(6)[0]
+    assert main(base + ["--fuse", "captions", "--fuse-captions", str(capfile), "--fuse-weight", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fusion"]["captions"] == str(capfile)
+    # w = 1: image 1 scores its caption's cosine. Image 0's two captions now tie image 0 with
+    # image 1 (ties count against), and image 1's right caption finds 0 there: 8 -> 5 firsts.
+    assert out["text_to_image_fused"]["R@1"] == pytest.approx(41.67)
+    assert main(base + ["--fuse-weight", "0.3"]) == 2
+    assert "add --fuse captions" in capsys.readouterr().err
+    assert main(base + ["--fuse", "captions", "--fuse-mode", "rrf", "--fuse-weight", "0.3"]) == 2
+    assert "rrf has no weight" in capsys.readouterr().err

@@ -6,16 +6,36 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .options import add_json, add_no_progress, add_threads, add_variant, load_encoder, positive, print_json
+from .search_options import add_fusion, check_fusion
+
+
+def _fusion(args: argparse.Namespace) -> Any:
+    check_fusion(args)
+    if args.fuse is None:
+        if args.fuse_captions is not None:
+            raise InputError("--fuse-captions FILE gives the captions to fuse: add --fuse captions")
+        return None
+    from ..evaluate import CaptionFusion
+    from ..ingest import read_captions
+
+    if args.fuse_captions is None:
+        return CaptionFusion(mode=args.fuse_mode, weight=args.fuse_weight)
+    by_name = {name.rsplit("/", 1)[-1]: caps for name, caps in read_captions(args.fuse_captions).items()}
+    return CaptionFusion(mode=args.fuse_mode, weight=args.fuse_weight, captions=by_name,
+                         source=str(args.fuse_captions))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, load_karpathy
 
+    fusion = _fusion(args)
     data = load_karpathy(args.root, args.dataset, args.split, json_path=args.karpathy_json,
                          captions_per_image=args.captions_per_image, limit=args.limit)
     enc = load_encoder(args.bundle, args.variant, None, args.threads)
-    scores = evaluate(enc, data, image_batch_size=args.batch_size, progress=not args.no_progress and not args.json)
+    scores = evaluate(enc, data, image_batch_size=args.batch_size, progress=not args.no_progress and not args.json,
+                      fusion=fusion)
     if args.json:
         out = scores.to_dict()
         out["bundle"] = getattr(enc.bundle, "name", None)
@@ -38,6 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument("--captions-per-image", type=positive, metavar="N", help="keep only the first N captions per image")
     p.add_argument("--limit", type=positive, metavar="N", help="first N images only (smoke runs)")
     p.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model call (default 32)")
+    add_fusion(p, "also rank text -> image")
+    p.add_argument("--fuse-captions", type=Path, metavar="FILE",
+                   help="captions to fuse (.jsonl/.csv as for `index build --captions`, matched by file name), "
+                        "e.g. a captioner's output (default: the split's reference captions, leave-one-out)")
     add_variant(p, default=None, help="bundle variant to embed with (default cpu-fp32)")
     add_threads(p)
     add_no_progress(p)
