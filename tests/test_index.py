@@ -227,14 +227,19 @@ def test_index_written_by_format_1_code_opens_and_grows(tmp_path: Path) -> None:
 
 
 def _layout(path: Path) -> dict:
-    """What an index directory's format consists of: file names, header keys, SQLite schema, state names."""
+    """What an index directory's format consists of: file names, header keys, SQLite schema, state names.
+
+    The keyword-search FTS tables and their triggers (``items_fts*``, added on a writer's open) are
+    the one addition to format 1; they are listed apart."""
     with sqlite3.connect(path / META_FILE) as conn:
-        schema = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        schema = sorted(r for r in rows if not r[1].startswith("items_fts"))
+        fts = sorted((r[0], r[1]) for r in rows if r[1].startswith("items_fts"))
         state = sorted(name for (name,) in conn.execute("SELECT name FROM state"))
     conn.close()
     files = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     return {"files": files, "header": list(json.loads((path / HEADER_FILE).read_text())), "schema": schema,
-            "state": state}
+            "state": state, "fts": fts}
 
 
 def test_new_index_has_the_format_1_layout(tmp_path: Path) -> None:
@@ -243,7 +248,11 @@ def test_new_index_has_the_format_1_layout(tmp_path: Path) -> None:
     with Index.create(tmp_path / "new", bundle="b", dim=8, root=tmp_path, info={"variant": "x"}) as idx:
         idx.add(v["image"], [{"path": "a.jpg", "caption": "c", "album": 1}] * 6)
         idx.add(v["text"], [{"path": "a.jpg", "caption": "c"}] * 3, tower="text")
-    assert _layout(tmp_path / "new") == _layout(old)
+    new_layout, old_layout = _layout(tmp_path / "new"), _layout(old)
+    assert old_layout["fts"] == []  # format-1 code wrote no FTS tables ...
+    assert {n for _, n in new_layout["fts"]} >= {"items_fts_image", "items_fts_text", "items_fts_image_insert",
+                                                 "items_fts_image_delete", "items_fts_text_update"}
+    assert {**new_layout, "fts": []} == old_layout  # ... and nothing else differs
     header = json.loads((tmp_path / "new" / HEADER_FILE).read_text())
     assert header["format_version"] == 1 and header["counts"] == {"image": 6, "text": 3}
 

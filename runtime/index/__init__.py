@@ -4,10 +4,12 @@
 
 * :mod:`~crossmodal.index.store`: :class:`Index`, the persistent store (open/close, locks,
   add/remove, save; the durability model and the consistency policy on open);
-* :mod:`~crossmodal.index.search`: how a tower is searched (exact scan or HNSW graph);
+* :mod:`~crossmodal.index.search`: how a tower is searched (exact scan or HNSW graph, filtered or not);
+* :mod:`~crossmodal.index.filters`: :class:`Filter`, metadata filters (path prefix, added after, has caption);
+* :mod:`~crossmodal.index.keyword`: keyword search (SQLite FTS5 over captions and paths);
 * :mod:`~crossmodal.index.exact`: the float32 scan table behind the exact search;
 * :mod:`~crossmodal.index.format`: the on-disk names, settings, keys and header;
-* :mod:`~crossmodal.index.meta`: the SQLite metadata store (items, add journal, state);
+* :mod:`~crossmodal.index.meta`: the SQLite metadata store (items, add journal, state, FTS tables);
 * :mod:`~crossmodal.index.recovery`: what ``open`` does after a crash;
 * :mod:`~crossmodal.index.crash_points`: the steps of add/save the kill tests stop at;
 * :mod:`~crossmodal.index.native_imports`: the one way to import usearch (after onnxruntime).
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from .exact import EXACT_SCAN_BUDGET, default_exact_threshold
+from .filters import FILTER_FIELDS, Filter
 from .format import (
     DEFAULT_CONNECTIVITY,
     DEFAULT_EXPANSION_ADD,
@@ -53,7 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Index", "SearchResult", "ItemRecord", "RecallReport", "bench_recall", "content_key", "text_key",
+    "Index", "SearchResult", "ItemRecord", "Filter", "FILTER_FIELDS", "RecallReport", "bench_recall", "content_key", "text_key",
     "key_from_sha256", "vectors_file", "FORMAT_VERSION", "HEADER_FILE", "META_FILE", "LOCK_FILE",
     "WRITER_LOCK_FILE", "METRICS", "DTYPES", "TOWERS", "KEY_MASK", "DEFAULT_CONNECTIVITY",
     "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "EXACT_SCAN_BUDGET", "default_exact_threshold",

@@ -126,8 +126,12 @@ class ExactMatrix:
                 self._rows, self._dead = len(keep), 0
                 self._row_of = None  # rows moved: rebuilt by the next remove
 
-    def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.uint64], NDArray[np.float32]]:
-        """``(keys, scores)`` of shape ``(len(queries), min(k, len(self)))``, best first."""
+    def search(self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.uint64] | None = None,
+               ) -> tuple[NDArray[np.uint64], NDArray[np.float32]]:
+        """``(keys, scores)`` of shape ``(len(queries), min(k, candidates))``, best first.
+
+        ``allowed`` (sorted keys): only these rows compete, so the top-k is taken among them.
+        """
         q = self._prepare(queries)
         # Snapshot under the lock, scan outside it: add() only writes rows past the snapshot's
         # end and remove() replaces arrays instead of shrinking them, so concurrent searches
@@ -135,7 +139,10 @@ class ExactMatrix:
         with self._lock:
             n, mat, keys = self._rows, self._mat[:self._rows], self._keys[:self._rows]
             dead = None if self._dead == 0 else ~self._alive[:n]
-            kk = min(int(k), n - self._dead)
+        if allowed is not None:
+            outside = ~np.isin(keys, allowed)
+            dead = outside if dead is None else dead | outside
+        kk = min(int(k), n - (0 if dead is None else int(dead.sum())))
         out_keys = np.zeros((len(q), max(kk, 0)), dtype=np.uint64)
         out_scores = np.zeros((len(q), max(kk, 0)), dtype=np.float32)
         if kk <= 0:

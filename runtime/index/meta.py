@@ -1,4 +1,5 @@
-"""The index's metadata store: ``meta.sqlite`` (items, the add journal, the committed state).
+"""The index's metadata store: ``meta.sqlite`` (items, the add journal, the committed state,
+and the FTS5 keyword tables of :mod:`crossmodal.index.keyword`).
 
 Every change is one SQLite transaction (WAL, ``synchronous=FULL``), so the store is
 always at some committed state; see :mod:`crossmodal.index.store` for how the graph files
@@ -12,11 +13,15 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import IndexStoreError
 from . import crash_points
 from .format import FORMAT_VERSION, HEADER_FIELDS, META_FILE, TOWERS, escapes
+from .keyword import build_temp_fts, ensure_fts, fts_unavailable, has_fts, keyword_hits
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,10 +90,12 @@ def read_state(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
 class MetaStore:
     """The SQLite connection of one open index, shared by threads under one lock."""
 
-    def __init__(self, conn: sqlite3.Connection, index_path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, index_path: Path, *, read_only: bool = False) -> None:
         self.conn = conn
         self.index_path = index_path
+        self.read_only = read_only
         self._lock = threading.RLock()
+        self._fts_schema: str | None = None  # where the FTS tables are: "main", or "temp" (built by a reader)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -192,6 +199,64 @@ class MetaStore:
         with self.guard():
             rows = self.conn.execute("SELECT key FROM items WHERE tower = ? AND path = ?", (tower, rel)).fetchall()
         return [int(r[0]) for r in rows]
+
+    def keys_where(self, tower: str, where_sql: str, params: Sequence[Any]) -> NDArray[np.uint64]:
+        """Keys of ``tower`` items (``items AS i``) satisfying ``where_sql``, sorted."""
+        with self.guard():
+            rows = self.conn.execute(f"SELECT i.key FROM items i WHERE i.tower = ? AND {where_sql} ORDER BY i.key",
+                                     (tower, *params)).fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.uint64)
+
+    def caption_rows(self, image_keys: Sequence[int]) -> list[tuple[int, int, str]]:
+        """``(image key, caption key, caption)`` for the text-tower items stored under each image's path."""
+        out: list[tuple[int, int, str]] = []
+        with self.guard():
+            for start in range(0, len(image_keys), _CHUNK):
+                chunk = list(image_keys[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                out.extend(self.conn.execute(
+                    "SELECT i.key, t.key, t.caption FROM items i JOIN items t ON t.tower = 'text' AND t.path = i.path "
+                    f"WHERE i.tower = 'image' AND i.key IN ({marks}) AND t.caption IS NOT NULL ORDER BY i.key, t.key",
+                    chunk))
+        return out
+
+    def ensure_fts(self) -> None:
+        """Writers: add the FTS tables to an index made before them (see :mod:`crossmodal.index.keyword`)."""
+        with self.guard():
+            self._fts_schema = "main" if ensure_fts(self.conn) else None
+
+    def keyword_hits(self, tower: str, match: str, where_sql: str, params: Sequence[Any], k: int,
+                     keep: Callable[[int], bool]) -> list[tuple[int, float]]:
+        """The best ``k`` ``(key, BM25 score)`` of ``tower`` for an FTS5 ``match`` among items
+        passing ``where_sql`` and ``keep`` (see :func:`crossmodal.index.keyword.keyword_hits`)."""
+        out: list[tuple[int, float]] = []
+        with self.guard():
+            hits = keyword_hits(self.conn, self._fts(), tower, match, where_sql, params)
+            try:
+                for key, score in hits:
+                    if keep(key):
+                        out.append((key, score))
+                        if len(out) >= k:
+                            break
+            finally:
+                hits.close()  # ends the statements now: an open read would hold back WAL checkpoints
+        return out
+
+    def _fts(self) -> str:
+        if self._fts_schema is None:
+            if has_fts(self.conn):
+                self._fts_schema = "main"
+            elif self.read_only:
+                try:
+                    build_temp_fts(self.conn)
+                except sqlite3.OperationalError as exc:
+                    if "fts5" in str(exc):
+                        raise fts_unavailable(self.index_path) from exc
+                    raise
+                self._fts_schema = "temp"
+            else:
+                raise fts_unavailable(self.index_path)
+        return self._fts_schema
 
     def close(self) -> None:
         """Close the connection (committed changes are already durable)."""

@@ -11,6 +11,18 @@ exact search, on a batch of :data:`~crossmodal.index.exact.TABLE_BATCH` queries,
 :meth:`TowerSearch.warm_up`; a one-off search scans inside usearch instead. f16 / i8
 indexes keep no copy: usearch scans their quantised vectors. Once built, the table is
 kept in step with every add and remove.
+
+Filtered search (``allowed``: the keys a :class:`~crossmodal.index.filters.Filter` keeps):
+
+* exact: the filter applies *before* top-k, so the k hits are the k best matching items.
+  The scan table masks the other rows; without a table, the matching vectors are copied
+  out and scanned when they are few (at most an eighth of the tower), else usearch ranks
+  the whole tower exactly and the matching hits are kept in order.
+* HNSW: a post-filter with widened k. The graph is asked for ``k' = 2 * k * n / m``
+  neighbours (n vectors, m matching: twice what an even spread of the matches needs),
+  the matching ones are kept, and queries still short of k hits ask again with ``k' * 4``.
+  Once ``k'`` would reach half the tower, those queries scan the matching items exactly
+  instead (see above), so a query gets k hits whenever k items match.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # (keys, scores, counts): row i of keys/scores holds counts[i] valid hits, best first.
 TopK = tuple[NDArray[np.uint64], NDArray[np.float32], NDArray[np.int64]]
+# HNSW post-filter: the widening factor per round.
+WIDEN = 4
 
 
 class TowerSearch:
@@ -78,18 +92,35 @@ class TowerSearch:
         if self._scans_in_numpy and len(self.graph) and self.uses_exact(threshold):
             self._build_table()
 
-    def top_k(self, mat: NDArray[np.float32], k: int, *, exact: bool | None, threshold: int) -> TopK:
-        """The best ``k`` (at most the tower's size) for each row of ``mat``; ``exact=None``: by the policy."""
+    def top_k(self, mat: NDArray[np.float32], k: int, *, exact: bool | None, threshold: int,
+              allowed: NDArray[np.uint64] | None = None) -> TopK:
+        """The best ``k`` (at most the tower's size) for each row of ``mat``; ``exact=None``: by the policy.
+
+        ``allowed`` (sorted keys): only these may be returned (see the module docstring).
+        """
         if exact is None:
             exact = self.uses_exact(threshold)
-        if exact and self._scans_in_numpy:
-            self._exact_calls += 1
-            table = self.table
-            if table is None and (self._exact_calls > 1 or len(mat) >= TABLE_BATCH):
-                table = self._build_table()
-            if table is not None:
-                keys, scores = table.search(mat, k)
-                return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
+        if allowed is not None and not exact:
+            return self._post_filtered(mat, k, allowed)
+        table = self._scan_table(len(mat)) if exact else None
+        if table is not None:
+            keys, scores = table.search(mat, k) if allowed is None else table.search(mat, k, allowed)
+            return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
+        if allowed is not None:
+            return self._exact_subset(mat, k, allowed)
+        return self._graph_top_k(mat, k, exact)
+
+    def _scan_table(self, batch: int) -> ExactMatrix | None:
+        """The scan table for an exact search of ``batch`` queries, built when it pays (module docstring)."""
+        if not self._scans_in_numpy:
+            return None
+        self._exact_calls += 1
+        table = self.table
+        if table is None and (self._exact_calls > 1 or batch >= TABLE_BATCH):
+            table = self._build_table()
+        return table
+
+    def _graph_top_k(self, mat: NDArray[np.float32], k: int, exact: bool) -> TopK:
         matches = self.graph.search(mat, k, exact=exact)
         keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(mat), -1)
         dists = np.asarray(matches.distances, dtype=np.float32).reshape(len(mat), -1)
@@ -98,11 +129,57 @@ class TowerSearch:
                   else np.full(len(mat), keys.shape[1], dtype=np.int64))
         return keys, 1.0 - dists, counts
 
+    def _exact_subset(self, mat: NDArray[np.float32], k: int, allowed: NDArray[np.uint64]) -> TopK:
+        """Exact top-``k`` among ``allowed`` without the scan table."""
+        n = len(self.graph)
+        if self._scans_in_numpy and len(allowed) * 8 <= n:
+            present = allowed[np.asarray(self.graph.contains(allowed), dtype=bool).reshape(-1)] if len(allowed) \
+                else allowed
+            subset = ExactMatrix(self._dim, self._normalize)
+            if len(present):
+                subset.add(present, np.asarray(self.graph.get(present), dtype=np.float32).reshape(len(present), -1))
+            keys, scores = subset.search(mat, k)
+            return keys, scores, np.full(len(mat), keys.shape[1], dtype=np.int64)
+        return _keep_allowed(self._graph_top_k(mat, n, True), allowed, k)
+
+    def _post_filtered(self, mat: NDArray[np.float32], k: int, allowed: NDArray[np.uint64]) -> TopK:
+        """HNSW top-``k`` among ``allowed``, widening k' geometrically (module docstring)."""
+        n = len(self.graph)
+        out_keys = np.zeros((len(mat), k), dtype=np.uint64)
+        out_scores = np.zeros((len(mat), k), dtype=np.float32)
+        counts = np.zeros(len(mat), dtype=np.int64)
+        todo = np.arange(len(mat))
+        wide = min(n, max(2 * k, -(-2 * k * n // max(1, len(allowed)))))
+        while len(todo):
+            if wide * 2 >= n:
+                got = self._exact_subset(mat[todo], k, allowed)
+            else:
+                got = _keep_allowed(self._graph_top_k(mat[todo], wide, False), allowed, k)
+            keys, scores, found = got
+            w = keys.shape[1]
+            out_keys[todo, :w], out_scores[todo, :w], counts[todo] = keys, scores, found
+            if wide * 2 >= n:
+                break
+            todo = todo[found < k]
+            wide = min(n, wide * WIDEN)
+        return out_keys, out_scores, counts
+
     def _build_table(self) -> ExactMatrix:
         with self._lock:
             if self.table is None:
                 self.table = ExactMatrix.from_graph(self.graph, self._dim, self._normalize)
             return self.table
+
+
+def _keep_allowed(top: TopK, allowed: NDArray[np.uint64], k: int) -> TopK:
+    """The first ``k`` hits of each row of ``top`` whose key is in ``allowed`` (sorted), in order."""
+    keys, scores, counts = top
+    valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+    keep = valid & np.isin(keys, allowed)
+    # A stable sort of "not kept" moves the kept hits to the front, keeping their order.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    found = np.minimum(keep.sum(axis=1), k).astype(np.int64)
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1), found
 
 
 __all__ = ["TowerSearch", "TopK"]

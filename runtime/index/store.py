@@ -28,7 +28,10 @@ Consistency policy on open (items = SQLite rows, vectors = graph file + journal)
   instead drops the offending items (their files are re-embedded by the next build) or
   rewrites the header, and reports what it dropped in ``Index.repairs``.
 
-Search: exact scan or HNSW graph by the tower's size, see :mod:`crossmodal.index.search`.
+Search: exact scan or HNSW graph by the tower's size, see :mod:`crossmodal.index.search`;
+``where=`` filters by metadata (:mod:`crossmodal.index.filters`). Keyword search runs on
+SQLite FTS5 tables kept in step with the items by triggers (:mod:`crossmodal.index.keyword`);
+a writer adds them on open to an index made before them.
 Turning texts and images into query vectors, and re-ranking, is the job of
 :class:`crossmodal.retriever.Retriever`.
 
@@ -54,6 +57,7 @@ from ..errors import IncompatibleTowersError, IndexStoreError, InputError
 from ..inputs import non_negative_int, optional_bool, positive_int
 from . import crash_points
 from .exact import default_exact_threshold
+from .filters import Filter, as_filter, filter_sql
 from .format import (
     DEFAULT_CONNECTIVITY,
     DEFAULT_EXPANSION_ADD,
@@ -73,6 +77,7 @@ from .format import (
     relative_item_path,
     vectors_file,
 )
+from .keyword import match_expression
 from .meta import ItemRow, MetaStore, connect, create_meta, read_state
 from .records import ItemRecord, SearchResult
 from .recovery import header_is_current, recover
@@ -176,8 +181,10 @@ class Index:
         try:
             conn = connect(path / META_FILE, read_only)
             state = read_state(conn, path)
-            idx = cls(path, MetaStore(conn, path), state, read_only=read_only, writer_lock=writer_lock,
-                      swap_lock=swap_lock)
+            meta = MetaStore(conn, path, read_only=read_only)
+            if not read_only:
+                meta.ensure_fts()  # an index made before keyword search gets its FTS tables (no re-embedding)
+            idx = cls(path, meta, state, read_only=read_only, writer_lock=writer_lock, swap_lock=swap_lock)
         except BaseException:
             swap_lock.close()
             if writer_lock is not None:
@@ -476,14 +483,17 @@ class Index:
         recs = (self._record(row) for row in self._meta.rows_for_keys(tower, keys))
         return {rec.key: rec for rec in recs}
 
-    def search(self, vectors: ArrayLike, k: int = 10, *, tower: str = "image",
-               exact: bool | None = None) -> list[SearchResult] | list[list[SearchResult]]:
+    def search(self, vectors: ArrayLike, k: int = 10, *, tower: str = "image", exact: bool | None = None,
+               where: Filter | Mapping[str, Any] | None = None) -> list[SearchResult] | list[list[SearchResult]]:
         """Top-``k`` items of ``tower`` for one query vector (-> list) or a batch (-> list of lists).
 
         ``k`` larger than the index returns every item; ``k <= 0`` is an error.
         ``exact``: True scans every vector (brute force), False walks the HNSW graph, None
         (default) scans while the tower holds at most :attr:`exact_threshold` vectors and
         walks the graph above that. Scores are the same either way (cosine or inner product).
+        ``where``: a :class:`~crossmodal.index.filters.Filter` (or its mapping); only items it
+        keeps are returned: chosen before top-k by an exact scan, post-filtered with a widened
+        k on the graph (fewer than ``k`` hits only when fewer items match).
         """
         if self._closed:
             raise IndexStoreError(f"index {self._path} is closed.")
@@ -491,12 +501,14 @@ class Index:
         exact = optional_bool("exact", exact)
         check_setting("tower", tower, TOWERS)
         mat, single = as_matrix(vectors, self.dim, "query vectors")
+        allowed = self._allowed_keys(tower, where)
         searcher = self._towers[tower]
         n = len(searcher)
-        if n == 0 or len(mat) == 0:
+        if n == 0 or len(mat) == 0 or (allowed is not None and len(allowed) == 0):
             empty: list[list[SearchResult]] = [[] for _ in range(len(mat))]
             return empty[0] if single else empty
-        keys, scores, counts = searcher.top_k(mat, min(k, n), exact=exact, threshold=self.exact_threshold)
+        keys, scores, counts = searcher.top_k(mat, min(k, n), exact=exact, threshold=self.exact_threshold,
+                                              allowed=allowed)
         wanted = sorted({int(keys[i, j]) for i in range(len(mat)) for j in range(int(counts[i]))})
         recs = self._records(tower, wanted)
         out: list[list[SearchResult]] = []
@@ -510,6 +522,51 @@ class Index:
                                         caption=rec.caption, tower=tower))
             out.append(row)
         return out[0] if single else out
+
+    def _allowed_keys(self, tower: str, where: Any) -> NDArray[np.uint64] | None:
+        """Sorted keys of ``tower`` that ``where`` keeps (None: no filter)."""
+        flt = as_filter(where)
+        if flt is None:
+            return None
+        sql, params = filter_sql(flt, tower, self.root)
+        return self._meta.keys_where(tower, sql, params)
+
+    def keyword_search(self, query: str, k: int = 10, *, tower: str = "image",
+                       where: Filter | Mapping[str, Any] | None = None) -> list[SearchResult]:
+        """Items of ``tower`` whose caption or path words match ``query``, best first (at most ``k``).
+
+        SQLite FTS5 (see :mod:`crossmodal.index.keyword`): the query's words are searched as
+        plain words (FTS syntax characters are not operators), ORed, and ranked by BM25;
+        ``score`` is the BM25 relevance, higher is better (not comparable with vector scores).
+        Images also match through their caption items (text tower, same path). Words are
+        matched whole (``invoice`` finds ``invoice_2024.jpg``; ``invoi`` does not), ignoring
+        case and diacritics. ``where`` filters as in :meth:`search`. An empty query (no letter
+        or digit) is an InputError.
+        """
+        if self._closed:
+            raise IndexStoreError(f"index {self._path} is closed.")
+        match = match_expression(query)
+        k = positive_int("k", k)
+        check_setting("tower", tower, TOWERS)
+        flt = as_filter(where)
+        sql, params = filter_sql(flt, tower, self.root) if flt is not None else ("1", [])
+        searcher = self._towers[tower]
+        hits = self._meta.keyword_hits(tower, match, sql, params, k, searcher.contains)
+        recs = self._records(tower, [key for key, _ in hits])
+        return [SearchResult(key=key, score=score, path=recs[key].path, caption=recs[key].caption, tower=tower)
+                for key, score in hits if key in recs]
+
+    def captions_of(self, image_keys: Sequence[int] | NDArray[np.integer]) -> dict[int, list[tuple[int, str]]]:
+        """For each image key, the caption items ``(text key, caption)`` of the text tower stored
+        under that image's path (ingestion and the service add one per caption); ``[]`` for
+        an image with none. Only captions whose vector this instance holds are listed."""
+        keys = [int(k) for k in np.atleast_1d(np.asarray(image_keys, dtype=np.int64))]
+        out: dict[int, list[tuple[int, str]]] = {k: [] for k in keys}
+        text = self._towers["text"]
+        for image_key, text_key, caption in self._meta.caption_rows(sorted(set(keys))):
+            if text.contains(text_key):
+                out[int(image_key)].append((int(text_key), caption))
+        return out
 
     def warm_up(self) -> None:
         """Build now what the first searches would otherwise build: the float32 scan table
@@ -534,4 +591,4 @@ class Index:
                 "same space, or rebuild the index with `crossmodal index build`.")
 
 
-__all__ = ["Index", "SearchResult", "ItemRecord"]
+__all__ = ["Index", "SearchResult", "ItemRecord", "Filter"]
