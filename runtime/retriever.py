@@ -10,22 +10,36 @@ index nor the re-ranker imports the other.
 Every search takes one query or a batch, by the rule of :mod:`crossmodal.inputs`,
 and answers one list of hits for one query, a list of lists for a batch.
 
+Text searches can also rank by what the index knows beyond the vectors
+(:mod:`crossmodal.retrieval_fusion`): ``fuse="captions"`` fuses each image's similarity
+with its captions', ``hybrid=True`` merges keyword hits (SQLite FTS5 over captions and
+file names) with the vector hits. Every search takes ``where=`` (a
+:class:`crossmodal.index.Filter` or its mapping: path prefix, added after, has caption).
+None of this is on by default.
+
 >>> r = Retriever(crossmodal.load("models/clip-vit-b-32"), Index.open("photos.idx", read_only=True))  # doctest: +SKIP
 >>> r.search_text("two dogs in the snow", k=5)                                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 from .errors import IncompatibleTowersError, InputError
-from .inputs import image_batch, positive_int, text_batch
+from .fusion import fuse_mode, fuse_weight
+from .index.filters import as_filter
+from .inputs import image_batch, optional_bool, positive_int, text_batch
+from .retrieval_fusion import candidate_depth, caption_fused, hybrid_merged
 from .retrieval_rerank import rerank_hits
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
-    from .index import Index, SearchResult
+    from .index import Filter, Index, SearchResult
     from .rerank import Reranker
+
+# What ``where=`` accepts: a Filter, its mapping ({"path_prefix": ..., ...}) or None.
+Where = Union["Filter", Mapping[str, Any], None]
+FUSE_CHOICES = ("captions",)
 
 # One list of hits for one query, a list of them for a batch.
 Hits = Union[list["SearchResult"], list[list["SearchResult"]]]
@@ -49,47 +63,95 @@ class Retriever:
         self.index = index
         self.reranker = reranker
 
-    def search_vector(self, vectors: Any, k: int = 10, *, tower: str = "image", exact: bool | None = None) -> Hits:
+    def search_vector(self, vectors: Any, k: int = 10, *, tower: str = "image", exact: bool | None = None,
+                      where: Where = None) -> Hits:
         """Top-``k`` hits for one query vector (1-D -> list) or a batch of them (2-D -> list of lists).
 
         ``exact``: True scans every vector, False walks the HNSW graph, None (default)
         chooses by the tower's size (:attr:`crossmodal.index.Index.exact_threshold`).
+        ``where``: only items this filter keeps (see :meth:`crossmodal.index.Index.search`).
         """
-        return self.index.search(vectors, k, tower=tower, exact=exact)
+        return self.index.search(vectors, k, tower=tower, exact=exact, where=as_filter(where))
 
     def search_text(self, texts: str | Sequence[str], k: int = 10, *, tower: str = "image",
-                    exact: bool | None = None, rerank: int | None = None) -> Hits:
+                    exact: bool | None = None, rerank: int | None = None, where: Where = None,
+                    fuse: str | None = None, fuse_mode: str = "weighted", fuse_weight: float | None = None,
+                    hybrid: bool = False, vectors: Any = None) -> Hits:
         """Encode ``texts`` (a ``str`` or a list of them) and search ``tower`` (text -> image by
         default, ``'text'`` for text -> caption).
 
-        With ``rerank=R`` (>= k; needs a re-ranker) the top ``R`` embedding hits are
-        re-scored from their image files and the best ``k`` by ITM score are returned
-        (``itm_score`` set, ``score`` still the cosine). Unreadable files keep their
-        embedding rank with ``itm_score=None``; see :mod:`crossmodal.retrieval_rerank`.
+        With ``rerank=R`` (>= k; needs a re-ranker) the top ``R`` hits are re-scored from
+        their image files and the best ``k`` by ITM score are returned (``itm_score`` set,
+        ``score`` kept). Unreadable files keep their rank with ``itm_score=None``; see
+        :mod:`crossmodal.retrieval_rerank`.
+
+        ``fuse="captions"`` (image tower only) ranks images by their similarity fused with
+        their captions': ``fuse_mode="weighted"`` scores ``(1 - w) * cos(q, image) + w * max
+        cos(q, caption)`` with ``w = fuse_weight`` (default 0.5), ``"rrf"`` by reciprocal-rank
+        fusion of the two rankings; ``hybrid=True`` merges the keyword hits of the query
+        (:meth:`crossmodal.index.Index.keyword_search`) with the vector hits by
+        reciprocal-rank fusion. Both fused rankings report the fused score in ``score``; see
+        :mod:`crossmodal.retrieval_fusion`. Re-ranking, if asked, re-scores the fused ranking.
+        ``where`` filters every part. ``vectors``: the texts' embeddings when already
+        computed (the service batches them), skipping the encoder.
         """
         items, single = text_batch(texts)
         k = positive_int("k", k)
         depth = self._rerank_depth(k, rerank, tower)
-        vecs = self.encoder.encode_text(items)
-        if depth is None:
-            hits = self.index.search(vecs, k, tower=tower, exact=exact)
+        flt = as_filter(where)
+        mode, weight = self._fusion(fuse, fuse_mode, fuse_weight, tower)
+        hybrid = bool(optional_bool("hybrid", hybrid))
+        if vectors is None:
+            vecs = self.encoder.encode_text(items)
         else:
+            vecs = vectors
+            if len(vecs) != len(items):
+                raise InputError(f"vectors must hold one embedding per text: {len(items)} texts, {len(vecs)} vectors")
+        n = depth or k
+        if fuse is not None:
+            hits = [caption_fused(self.index, v, candidate_depth(n) if hybrid else n, mode=mode, weight=weight,
+                                  exact=exact, where=flt) for v in vecs]
+        else:
+            hits = self.index.search(vecs, candidate_depth(n) if hybrid else n, tower=tower, exact=exact,
+                                     where=flt)
+        if hybrid:
+            hits = [hybrid_merged(h, self.index.keyword_search(q, candidate_depth(n), tower=tower, where=flt), n)
+                    for h, q in zip(hits, items)]
+        if depth is not None:
             assert self.reranker is not None  # checked by _rerank_depth
-            wide = self.index.search(vecs, depth, tower=tower, exact=exact)
-            hits = [rerank_hits(h, q, self.reranker, k) for h, q in zip(wide, items)]  # type: ignore[arg-type]
+            hits = [rerank_hits(h, q, self.reranker, k) for h, q in zip(hits, items)]  # type: ignore[arg-type]
         return hits[0] if single else hits  # type: ignore[return-value]
 
-    def search_image(self, images: Any, k: int = 10, *, tower: str = "image", exact: bool | None = None) -> Hits:
+    def search_image(self, images: Any, k: int = 10, *, tower: str = "image", exact: bool | None = None,
+                     where: Where = None) -> Hits:
         """Encode ``images`` and search ``tower`` (image -> image by default, ``'text'`` for image -> caption).
 
         One image (a path, bytes, a PIL image or an ``(H, W, C)`` array) gives a list of
         hits; a list of them or an ``(n, H, W, C)`` array gives one list per image.
+        ``where``: only items this filter keeps.
         """
         items, single = image_batch(images)
         k = positive_int("k", k)
+        flt = as_filter(where)
         vecs = self.encoder.encode_image(items)
-        hits = self.index.search(vecs, k, tower=tower, exact=exact)
+        hits = self.index.search(vecs, k, tower=tower, exact=exact, where=flt)
         return hits[0] if single else hits  # type: ignore[return-value]
+
+    @staticmethod
+    def _fusion(fuse: str | None, mode: str, weight: float | None, tower: str) -> tuple[str, float]:
+        """Checked fusion settings; errors say what to pass instead."""
+        if fuse is None:
+            if weight is not None or mode != "weighted":
+                raise InputError("fuse_mode and fuse_weight set how captions are fused: pass fuse='captions'")
+            return mode, 0.0
+        if fuse not in FUSE_CHOICES:
+            raise InputError(f"fuse must be one of {list(FUSE_CHOICES)} or None, got {fuse!r}")
+        if tower != "image":
+            raise InputError(f"caption fusion ranks images: search tower='image', not {tower!r}")
+        mode = fuse_mode(mode)
+        if mode == "rrf" and weight is not None:
+            raise InputError("fuse_weight weights the cosines of fuse_mode='weighted'; 'rrf' has no weight")
+        return mode, fuse_weight(weight)
 
     def _rerank_depth(self, k: int, rerank: int | None, tower: str) -> int | None:
         """How many embedding hits to re-score (None: no re-ranking); errors say what to pass instead."""
@@ -111,4 +173,4 @@ class Retriever:
         return f"Retriever(encoder={self.encoder!r}, index={self.index!r}{rr})"
 
 
-__all__ = ["Retriever", "Hits"]
+__all__ = ["Retriever", "Hits", "Where", "FUSE_CHOICES"]

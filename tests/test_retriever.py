@@ -178,3 +178,129 @@ def test_rerank_argument_errors(retriever: Retriever) -> None:
     with pytest.raises(InputError, match="tower='image'"):
         rr.search_text("red", k=2, rerank=3, tower="text")
     assert rr.reranker.queries == []  # type: ignore[union-attr]  # refused before any work
+
+
+# ---------------------------------------------------------------- caption fusion, hybrid, filters
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@pytest.fixture()
+def captioned(tmp_path: Path):
+    """Two images a.png, b.png and a query q: a is closer to q by its pixels, b has a caption that is q."""
+    rng = np.random.default_rng(7)
+    q, other = unit(rng.standard_normal(DIM)), unit(rng.standard_normal(DIM))
+    a, b = unit(0.5 * q + other), unit(0.4 * q + other)
+    enc = FakeEncoder(dim=DIM)
+    idx = Index.create(tmp_path / "idx", bundle=enc.bundle, root=tmp_path)
+    idx.add(np.stack([a, b]), [{"path": "a.png", "sha256": "a" * 64}, {"path": "b.png", "sha256": "b" * 64}])
+    cap = unit(0.9 * q + 0.1 * other)
+    idx.add(cap[None], [{"path": "b.png", "caption": "a lighthouse at dusk", "sha256": "c" * 64}], tower="text")
+    yield Retriever(enc, idx), q, {"a": a, "b": b, "cap": cap}
+    idx.close()
+
+
+def test_caption_fusion_ranks_the_image_with_a_matching_caption_first(captioned: Any) -> None:
+    r, q, v = captioned
+    plain = r.search_text("q", k=2, vectors=q[None])
+    assert [Path(h.path).name for h in plain] == ["a.png", "b.png"]  # by pixels alone a wins
+    cos = {name: float(q @ v[name]) for name in v}
+    assert cos["a"] > cos["b"]
+    fused = r.search_text("q", k=2, vectors=q[None], fuse="captions")
+    assert [Path(h.path).name for h in fused] == ["b.png", "a.png"]
+    # b: .5 * cos(q, b) + .5 * cos(q, its caption); a has no caption: its image cosine alone
+    assert fused[0].score == pytest.approx(0.5 * cos["b"] + 0.5 * cos["cap"], abs=1e-5)
+    assert fused[1].score == pytest.approx(cos["a"], abs=1e-5)
+    # w = 0.1: the caption no longer outweighs a's better pixels
+    w = {Path(h.path).name: h.score for h in r.search_text("q", k=2, vectors=q[None], fuse="captions",
+                                                          fuse_weight=0.1)}
+    assert list(w) == ["a.png", "b.png"]
+    assert w["b.png"] == pytest.approx(0.9 * cos["b"] + 0.1 * cos["cap"], abs=1e-5)
+    rrf = r.search_text("q", k=2, vectors=q[None], fuse="captions", fuse_mode="rrf")
+    # b: 2nd by image, 1st (only) by caption; a: 1st by image, no caption
+    assert [Path(h.path).name for h in rrf] == ["b.png", "a.png"]
+    assert [h.score for h in rrf] == pytest.approx([1 / 62 + 1 / 61, 1 / 61])
+    # the fake encoder path: a query text is encoded when no vectors are given; a batch gives a list per text
+    batch = r.search_text(["a lighthouse", "x"], k=1, fuse="captions")
+    assert len(batch) == 2 and all(len(row) == 1 for row in batch)
+
+
+def test_caption_fusion_scores_candidates_outside_a_list_by_its_last_score(tmp_path: Path) -> None:
+    # 60 images: 50 fill the image top-50 (N for k <= 12); z is 60th by pixels but its caption is the query.
+    rng = np.random.default_rng(3)
+    q = unit(rng.standard_normal(DIM))
+    enc = FakeEncoder(dim=DIM)
+    with Index.create(tmp_path / "idx", bundle=enc.bundle, root=tmp_path) as idx:
+        imgs = np.stack([unit(q * (1 - i / 60) + rng.standard_normal(DIM)) for i in range(60)])
+        order = np.argsort(-(imgs @ q))
+        names = [f"{i}.png" for i in range(60)]
+        idx.add(imgs, [{"path": n} for n in names])  # keys from the vectors' bytes
+        z = int(order[-1])
+        idx.add(q[None], [{"path": names[z], "caption": "exact", "sha256": "f" * 64}], tower="text")
+        r = Retriever(enc, idx)
+        hits = {Path(h.path).name: h.score for h in r.search_text("q", k=12, vectors=q[None], fuse="captions")}
+        assert names[z] not in {Path(h.path).name for h in r.search_text("q", k=12, vectors=q[None])}
+        floor = float(np.sort(imgs @ q)[::-1][49])  # the 50th image score: an upper bound for z's
+        assert floor > float(imgs[z] @ q)
+        assert hits[names[z]] == pytest.approx(0.5 * floor + 0.5 * 1.0, abs=1e-5)
+        # the others have no caption: their image cosines, best first
+        rest = sorted((float(x) for x in imgs @ q), reverse=True)
+        assert sorted(s for n, s in hits.items() if n != names[z])[::-1] == pytest.approx(rest[:11], abs=1e-5)
+        # a filter on the date cannot be checked for an image only its caption brought: left out
+        later = r.search_text("q", k=3, vectors=q[None], fuse="captions", where={"added_after": 0})
+        assert names[z] not in [Path(h.path).name for h in later]
+
+
+def test_hybrid_merges_keyword_and_vector_hits_by_rrf(captioned: Any) -> None:
+    r, q, v = captioned
+    plain = r.search_text("lighthouse", k=2, vectors=q[None])
+    assert [Path(h.path).name for h in plain] == ["a.png", "b.png"]
+    kw = r.index.keyword_search("lighthouse", 5)
+    assert [Path(h.path).name for h in kw] == ["b.png"]  # through its caption item
+    hy = r.search_text("lighthouse", k=2, vectors=q[None], hybrid=True)
+    assert [Path(h.path).name for h in hy] == ["b.png", "a.png"]
+    assert [h.score for h in hy] == pytest.approx([1 / 62 + 1 / 61, 1 / 61])
+    # a word no item has: the vector ranking, RRF-scored
+    none = r.search_text("zebra", k=2, vectors=q[None], hybrid=True)
+    assert [h.key for h in none] == [h.key for h in plain] and none[0].score == pytest.approx(1 / 61)
+    both = r.search_text("lighthouse", k=2, vectors=q[None], hybrid=True, fuse="captions")
+    assert Path(both[0].path).name == "b.png"
+    with pytest.raises(InputError):
+        r.search_text("  ", k=2, vectors=q[None], hybrid=True)  # no word to search for
+
+
+def test_where_filters_every_entry_point(retriever: Retriever) -> None:
+    from crossmodal.index import Filter
+
+    enc = retriever.encoder
+    red = enc.encode_text(["red"])[0]
+    assert [h.caption for h in retriever.search_vector(red, k=2, where=Filter(path_prefix="b"))] == ["black", "blue"]
+    assert [h.caption for h in retriever.search_text("red", k=6, where={"path_prefix": "b"})] == ["black", "blue"]
+    assert [h.caption for h in retriever.search_image(solid("red"), k=1, where={"path_prefix": "g"})] == ["green"]
+    assert retriever.search_text("red", k=3, where={"added_after": 4102444800}) == []  # 2100-01-01
+    fused = retriever.search_text("red", k=6, where={"path_prefix": "b"}, fuse="captions")
+    assert sorted(h.caption for h in fused) == ["black", "blue"]
+    with pytest.raises(InputError, match=r"unknown filter field\(s\) \['colour'\]"):
+        retriever.search_text("red", k=1, where={"colour": "red"})
+    with pytest.raises(InputError, match="where must be"):
+        retriever.search_vector(red, k=1, where="b")  # type: ignore[arg-type]
+
+
+def test_fusion_and_hybrid_argument_errors(captioned: Any) -> None:
+    r, q, _ = captioned
+    with pytest.raises(InputError, match=r"fuse must be one of \['captions'\]"):
+        r.search_text("q", k=1, fuse="keywords")
+    with pytest.raises(InputError, match="tower='image', not 'text'"):
+        r.search_text("q", k=1, fuse="captions", tower="text")
+    with pytest.raises(InputError, match="pass fuse='captions'"):
+        r.search_text("q", k=1, fuse_weight=0.3)
+    with pytest.raises(InputError, match="'rrf' has no weight"):
+        r.search_text("q", k=1, fuse="captions", fuse_mode="rrf", fuse_weight=0.3)
+    with pytest.raises(InputError, match="fuse_weight must be a number"):
+        r.search_text("q", k=1, fuse="captions", fuse_weight=3)
+    with pytest.raises(InputError, match="hybrid must be"):
+        r.search_text("q", k=1, hybrid="yes")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="one embedding per text"):
+        r.search_text(["q", "r"], k=1, vectors=q[None])
