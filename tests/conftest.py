@@ -41,6 +41,7 @@ EXPORT_MODULES = frozenset({
     "test_bench_quick.py",
     "test_clip_export.py",
     "test_clip_tokenizer.py",
+    "test_custom_export.py",
     "test_export_pipeline.py",
     "test_fp16.py",
     "test_mbert_export.py",
