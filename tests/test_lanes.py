@@ -106,3 +106,13 @@ def test_this_session_marks_export_tests(request: pytest.FixtureRequest) -> None
     assert all(i.get_closest_marker("export") for i in items)
     users = [i for i in request.session.items if "tiny_clip_dir" in getattr(i, "fixturenames", ())]
     assert all(i.get_closest_marker("export") for i in users)
+
+
+def test_no_test_reads_beside_the_checkout() -> None:
+    # A fresh clone has nothing beside it: the reference data lives in tests/golden/.
+    offenders = []
+    for path in sorted(set(TESTS.rglob("*.py")) - {Path(__file__).resolve()}):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if '/ "shared"' in line or "CROSSMODAL_GOLDEN" in line:
+                offenders.append(f"{path.relative_to(TESTS)}:{n}")
+    assert offenders == [], "read tests/golden/ through helpers.golden instead"
