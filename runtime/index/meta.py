@@ -203,9 +203,9 @@ class MetaStore:
     def keys_where(self, tower: str, where_sql: str, params: Sequence[Any]) -> NDArray[np.uint64]:
         """Keys of ``tower`` items (``items AS i``) satisfying ``where_sql``, sorted."""
         with self.guard():
-            rows = self.conn.execute(f"SELECT i.key FROM items i WHERE i.tower = ? AND {where_sql} ORDER BY i.key",
-                                     (tower, *params)).fetchall()
-        return np.asarray([r[0] for r in rows], dtype=np.uint64)
+            cur = self.conn.execute(f"SELECT i.key FROM items i WHERE i.tower = ? AND {where_sql} ORDER BY i.key",
+                                    (tower, *params))
+            return np.fromiter((r[0] for r in cur), dtype=np.uint64)
 
     def caption_rows(self, image_keys: Sequence[int]) -> list[tuple[int, int, str]]:
         """``(image key, caption key, caption)`` for the text-tower items stored under each image's path."""
