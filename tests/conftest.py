@@ -72,11 +72,12 @@ SLOW_TESTS = frozenset({
 })
 
 
+_NOT_COLLECTED = pytest.StashKey[list]()
+
+
 def _lane_markers(config: pytest.Config) -> list[str]:
-    names = []
-    for line in config.getini("markers"):
-        names.append(line.split(":", 1)[0].split("(", 1)[0].strip())
-    return names
+    """The registered marker names ("slow: takes..." -> "slow")."""
+    return [line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")]
 
 
 def _deselects_all_export_tests(config: pytest.Config) -> bool:
@@ -103,9 +104,6 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         config.stash.setdefault(_NOT_COLLECTED, []).append(collection_path.name)
         return True
     return None
-
-
-_NOT_COLLECTED = pytest.StashKey[list]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
