@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "clip": "crossmodal.export.cli.clip",
     "mbert": "crossmodal.export.cli.mbert",
     "albef": "crossmodal.export.cli.albef",
+    "custom": "crossmodal.export.cli.custom",
     "triton": "crossmodal.export.triton",
     "tensorrt": "crossmodal.export.cli.tensorrt",
 }
