@@ -304,3 +304,104 @@ def test_fusion_and_hybrid_argument_errors(captioned: Any) -> None:
         r.search_text("q", k=1, hybrid="yes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="one embedding per text"):
         r.search_text(["q", "r"], k=1, vectors=q[None])
+
+
+# ---------------------------------------------------------------- the search command
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+
+
+@pytest.fixture(scope="module")
+def example_index(tiny_clip_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example images with their captions (image and caption towers), built by `crossmodal index build`."""
+    from crossmodal.cli import main
+
+    out = tmp_path_factory.mktemp("fusion") / "examples.idx"
+    assert main(["index", "build", str(tiny_clip_bundle), "--images", str(EXAMPLES), "--captions",
+                 str(EXAMPLES / "captions.jsonl"), "--out", str(out), "--no-progress", "--json"]) == 0
+    return out
+
+
+def _search(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    import json
+
+    from crossmodal.cli import main
+
+    assert main(["search", *argv, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_search_command_fuses_filters_and_merges_as_the_library(tiny_clip_bundle: Path, example_index: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import crossmodal
+    from crossmodal.index import Filter
+
+    enc = crossmodal.load(tiny_clip_bundle)
+    q = "a red circle"
+    with Index.open(example_index, read_only=True) as idx:
+        r = Retriever(enc, idx)
+        cases = [
+            (["--fuse", "captions"], r.search_text(q, k=3, fuse="captions")),
+            (["--fuse", "captions", "--fuse-weight", "0.2"], r.search_text(q, k=3, fuse="captions", fuse_weight=0.2)),
+            (["--fuse", "captions", "--fuse-mode", "rrf"], r.search_text(q, k=3, fuse="captions", fuse_mode="rrf")),
+            (["--hybrid"], r.search_text(q, k=3, hybrid=True)),
+            (["--path-prefix", str(EXAMPLES / "s")], r.search_text(q, k=3, where=Filter(path_prefix=str(EXAMPLES / "s")))),
+            (["--no-caption"], []),
+            (["--has-caption", "--added-after", "2001-01-01"], r.search_text(q, k=3)),
+        ]
+        plain = r.search_text(q, k=3)
+    for argv, want in cases:
+        got = _search(capsys, str(example_index), q, "-k", "3", *argv)
+        assert [row["key"] for row in got["results"]] == [h.key for h in want], argv
+        np.testing.assert_allclose([row["score"] for row in got["results"]], [h.score for h in want], atol=1e-6)
+    # The tiny bundle's weights are random: by pixels the red circle is not in the top 3, but its caption
+    # is the query, so fusion puts it first (the README's measured example).
+    assert "red_circle.png" not in [Path(h.path).name for h in plain]  # type: ignore[arg-type]
+    fused = _search(capsys, str(example_index), q, "-k", "3", "--fuse", "captions")
+    assert Path(fused["results"][0]["path"]).name == "red_circle.png"
+    assert fused["fuse"] == {"what": "captions", "mode": "weighted", "weight": 0.5} and fused["hybrid"] is False
+    filtered = _search(capsys, str(example_index), q, "--added-after", "1700000000", "--no-caption")
+    assert filtered["filter"] == {"added_after": 1700000000.0, "has_caption": False} and filtered["fuse"] is None
+    # a file name is a keyword: --hybrid finds the checkerboard by its name among the vector hits
+    hy = _search(capsys, str(example_index), "checkerboard", "-k", "1", "--hybrid")
+    assert Path(hy["results"][0]["path"]).name == "checkerboard.png" and hy["hybrid"] is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fuse-weight", "0.3"], "add --fuse captions"),
+    (["--fuse", "captions", "--fuse-mode", "rrf", "--fuse-weight", "0.3"], "rrf has no weight"),
+    (["--fuse", "captions", "--target", "text"], "tower='image', not 'text'"),
+    (["--added-after", "last tuesday"], "neither unix seconds nor an ISO 8601 date"),
+])
+def test_search_command_refuses_bad_ranking_flags(example_index: Path, capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str], message: str) -> None:
+    from crossmodal.cli import main
+
+    assert main(["search", str(example_index), "a red circle", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fuse", "captions", "--fuse-weight", "2"], "expected a number in [0, 1], got '2'"),
+    (["--has-caption", "--no-caption"], "not allowed with argument"),
+    (["--fuse", "words"], "invalid choice: 'words'"),
+])
+def test_search_command_usage_errors(example_index: Path, capsys: pytest.CaptureFixture[str],
+                                     argv: list[str], message: str) -> None:
+    from crossmodal.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["search", str(example_index), "a red circle", *argv])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_search_command_ranking_flags_need_a_text_query(example_index: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.cli import main
+
+    assert main(["search", str(example_index), "--image", str(EXAMPLES / "red_circle.png"), "--hybrid"]) == 2
+    assert "give a query text, not --image" in capsys.readouterr().err
+    got = _search(capsys, str(example_index), "--image", str(EXAMPLES / "red_circle.png"), "-k", "2",
+                  "--path-prefix", str(EXAMPLES / "red"))
+    assert [Path(r["path"]).name for r in got["results"]] == ["red_circle.png"]  # filters apply to image queries

@@ -6,7 +6,6 @@ hybrid keyword ranking and metadata filters.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 from typing import Any
 
 from ..fusion import DEFAULT_FUSE_WEIGHT, FUSE_MODES, RRF_K0
@@ -43,26 +42,12 @@ def check_fusion(args: argparse.Namespace) -> None:
         raise InputError("--fuse-weight weights the cosines of --fuse-mode weighted; rrf has no weight")
 
 
-def unix_time(text: str) -> float:
-    """argparse ``type=``: unix seconds, or an ISO 8601 date/time (naive: local time)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected unix seconds or an ISO date such as 2026-01-31 or 2026-01-31T08:00:00+00:00, got {text!r}"
-        ) from None
-
-
 def add_filters(p: argparse.ArgumentParser) -> None:
     """``--path-prefix``, ``--added-after``, ``--has-caption`` / ``--no-caption``."""
     p.add_argument("--path-prefix", metavar="P", help="only items whose path (as stored) starts with P")
-    p.add_argument("--added-after", type=unix_time, metavar="WHEN",
-                   help="only items added after WHEN: an ISO date/time (local unless it has an offset) "
-                        "or unix seconds")
+    p.add_argument("--added-after", metavar="WHEN",
+                   help="only items added after WHEN: an ISO 8601 date/time (UTC unless it has an offset, "
+                        "e.g. 2026-01-31 or 2026-01-31T08:00:00+02:00) or unix seconds")
     cap = p.add_mutually_exclusive_group()
     cap.add_argument("--has-caption", dest="has_caption", action="store_const", const=True, default=None,
                      help="only items with a caption")
@@ -71,13 +56,18 @@ def add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def filter_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`crossmodal.index.Filter` the flags ask for, or None without filter flags."""
-    fields = {"path_prefix": args.path_prefix, "added_after": args.added_after, "has_caption": args.has_caption}
+    """The :class:`crossmodal.index.Filter` the flags ask for (its rules, its errors), or None without filter flags."""
+    when = args.added_after
+    try:
+        when = float(when) if when is not None else None
+    except ValueError:
+        pass  # an ISO date: Filter.from_mapping parses it
+    fields = {"path_prefix": args.path_prefix, "added_after": when, "has_caption": args.has_caption}
     if all(v is None for v in fields.values()):
         return None
     from ..index import Filter
 
-    return Filter(**fields)
+    return Filter.from_mapping(fields)
 
 
-__all__ = ["add_fusion", "check_fusion", "add_filters", "filter_from_args", "unix_time"]
+__all__ = ["add_fusion", "check_fusion", "add_filters", "filter_from_args"]
