@@ -149,6 +149,17 @@ def test_handover_names_the_extra_to_install(tmp_path: Path, monkeypatch: pytest
                                     "is missing): pip install 'crossmodal[serve]'")
 
 
+def test_handover_names_the_extra_when_a_command_imports_it_late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # `crossmodal export clip ...` without torch: --help works, running imports torch and must say what to install.
+    (tmp_path / "fake_export_cli.py").write_text("def main(argv):\n    import torch_not_installed_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(HANDOVERS, "export", dataclasses.replace(HANDOVERS["export"], module="fake_export_cli"))
+    assert main(["export", "clip", "--model", "x"]) == 2
+    assert capsys.readouterr().err.strip() == ("crossmodal export: this command needs crossmodal[export] "
+                                               "(torch_not_installed_here is missing): pip install 'crossmodal[export]'")
+
+
 # ---------------------------------------------------------------- search: -k/--top-k, the Retriever
 
 

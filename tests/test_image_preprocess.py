@@ -34,8 +34,8 @@ from helpers.images import (
     random_rgb,
     truncated_jpeg,
 )
+from helpers.golden import golden_arrays
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "albef" / "inputs.npz"
 CLIP = ImagePreprocess(size=224, crop_size=224)
 TOL = 1e-5
 
@@ -137,9 +137,7 @@ def test_clip_parity_crop_and_padding(clip_ref, size, crop, wh):
 
 
 def test_albef_golden_square_resize():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden data not found at {GOLDEN}")
-    d = np.load(GOLDEN, allow_pickle=False)
+    d = golden_arrays("inputs.npz")
     cfg = ImagePreprocess(size=64, resize="square", reference="pil")
     out = preprocess([d[f"image_raw_uint8_{i}"] for i in range(3)], cfg)
     assert out.shape == d["images"].shape == (3, 3, 64, 64)

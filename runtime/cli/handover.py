@@ -9,6 +9,7 @@ dependency becomes one line naming the extra to install.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -40,9 +41,21 @@ def run(command: str, argv: Sequence[str]) -> int:
         if h.module == missing or h.module.startswith(f"{missing}."):
             raise SystemExit(f"crossmodal {command}: this installation has no `{h.module}` module; "
                              "reinstall crossmodal from a release that includes it") from exc
-        raise SystemExit(f"crossmodal {command}: this command needs crossmodal[{h.extra}] ({missing} is missing): "
-                         f"pip install 'crossmodal[{h.extra}]'") from exc
-    return int(mod.main(list(argv)) or 0)
+        raise SystemExit(_needs_extra(command, h, missing)) from exc
+    try:
+        return int(mod.main(list(argv)) or 0)
+    except ImportError as exc:
+        # The sub-packages answer --help without their heavy dependencies and import them only
+        # when a command runs: a missing third-party module then means a missing extra.
+        if not exc.name or exc.name.split(".")[0] == "crossmodal":
+            raise
+        print(_needs_extra(command, h, exc.name), file=sys.stderr)
+        return 2
+
+
+def _needs_extra(command: str, h: Handover, missing: str) -> str:
+    return (f"crossmodal {command}: this command needs crossmodal[{h.extra}] ({missing} is missing): "
+            f"pip install 'crossmodal[{h.extra}]'")
 
 
 def register(sub: Any) -> None:
