@@ -3,7 +3,8 @@
 An index is one directory (format version :data:`FORMAT_VERSION`)::
 
     INDEX/header.json             bundle, space, dim, metric, dtype, counts, format version (a mirror, for humans)
-    INDEX/meta.sqlite             items (key -> path, caption, sha256), the add journal, the committed state
+    INDEX/meta.sqlite             items (key -> path, caption, sha256), the add journal, the committed state,
+                                  the keyword (FTS5) tables; adding these kept format version 1
     INDEX/vectors.image.usearch   HNSW graph of the image vectors (absent until the first save)
     INDEX/vectors.text.usearch    HNSW graph of the caption vectors (only when captions were embedded)
     INDEX/.lock, .writer.lock     empty files the readers' and the writer's ``flock`` is taken on
@@ -11,7 +12,7 @@ An index is one directory (format version :data:`FORMAT_VERSION`)::
 This module holds those names, the supported metric/dtype/tower values, the HNSW
 defaults, how a key is derived from content, the header mirror, item path rules, and
 the constructor of an empty usearch graph with the recorded settings; the SQLite schema
-is in :mod:`crossmodal.index.meta`.
+is in :mod:`crossmodal.index.meta` (the FTS tables in :mod:`crossmodal.index.keyword`).
 """
 
 from __future__ import annotations

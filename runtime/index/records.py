@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One hit. ``score`` is the cosine similarity (``metric='cos'``) or inner product (``'ip'``).
+    """One hit. ``score`` is the cosine similarity (``metric='cos'``) or inner product (``'ip'``);
+    for a hit of :meth:`~crossmodal.index.Index.keyword_search`, the BM25 relevance (higher is better).
 
     ``itm_score`` is set on hits re-scored by a re-ranker
     (:meth:`crossmodal.retriever.Retriever.search_text` with ``rerank=R``): the ITM match
