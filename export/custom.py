@@ -226,11 +226,7 @@ def load_factory(spec: str, flag: str = "factory") -> Callable[[], Any]:
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
                 raise FactoryError(f"{flag} {spec!r}: {path} does not exist")
-            loader = importlib.util.spec_from_file_location(f"crossmodal_factory_{path.stem}", path)
-            assert loader is not None and loader.loader is not None
-            module = importlib.util.module_from_spec(loader)
-            sys.modules[loader.name] = module  # dataclasses and pickling look modules up here
-            loader.loader.exec_module(module)
+            module = _import_file(path)
         else:
             module = importlib.import_module(module_name)
     except FactoryError:
@@ -249,6 +245,22 @@ def load_factory(spec: str, flag: str = "factory") -> Callable[[], Any]:
     if not callable(obj):
         raise FactoryError(f"{flag} {spec!r}: {attr} is a {type(obj).__name__}, not a callable returning a torch module")
     return obj  # type: ignore[no-any-return]
+
+
+def _import_file(path: Path) -> Any:
+    """Import a factory file once per process, its folder importable (as for ``python path/to/file.py``)."""
+    name = f"crossmodal_factory_{path.stem}"
+    known = sys.modules.get(name)
+    if known is not None and getattr(known, "__file__", None) == str(path):
+        return known  # --image and --text from one file: its module-level code runs once
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # so the file can import its sibling modules
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def _describe(source: TowerSource) -> str:

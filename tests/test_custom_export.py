@@ -28,6 +28,7 @@ from helpers.custom_models import (
     write_custom_model,
     write_factories,
 )
+from helpers.serve_server import cosines
 
 torch = pytest.importorskip("torch")
 
@@ -38,11 +39,8 @@ TEXTS = CAPTIONS + ["", "Ünïcödé CAFÉ crème brûlée 雪中的两只狗 �
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _row_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(_unit(a.astype(np.float64)) * _unit(b.astype(np.float64)), axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +72,7 @@ def reference(model_root: Path, bundle: Path) -> dict[str, np.ndarray]:
     with torch.no_grad():
         image = load_image_tower(model_root)(torch.from_numpy(pixels)).numpy()
         text = load_text_tower(model_root)(batch["input_ids"], batch["attention_mask"]).numpy()
-    return {"image": _unit(image.astype(np.float64)), "text": _unit(text.astype(np.float64))}
+    return {"image": _unit(image), "text": _unit(text)}
 
 
 # ----------------------------------------------------------------- parity
@@ -85,16 +83,16 @@ def test_fp32_reproduces_the_torch_towers(bundle: Path, reference: dict[str, np.
     assert image.shape == (len(IMAGES), DIM) and text.shape == (len(TEXTS), DIM)
     # The image module returns unnormalised vectors: the graph normalises them.
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-5)
-    assert _row_cos(image, reference["image"]).min() >= 0.99999
-    assert _row_cos(text, reference["text"]).min() >= 0.99999
+    assert cosines(image, reference["image"]).min() >= 0.99999
+    assert cosines(text, reference["text"]).min() >= 0.99999
     np.testing.assert_allclose(image, reference["image"], atol=1e-5)
     np.testing.assert_allclose(text, reference["text"], atol=1e-5)
 
 
 def test_int8_stays_close_to_the_torch_towers(bundle: Path, reference: dict[str, np.ndarray]) -> None:
     enc = crossmodal.load(bundle, variant="cpu-int8")
-    assert _row_cos(enc.encode_image(IMAGES), reference["image"]).min() >= 0.99
-    assert _row_cos(enc.encode_text(TEXTS), reference["text"]).min() >= 0.99
+    assert cosines(enc.encode_image(IMAGES), reference["image"]).min() >= 0.99
+    assert cosines(enc.encode_text(TEXTS), reference["text"]).min() >= 0.99
 
 
 def test_runtime_tokenises_like_autotokenizer(bundle: Path, model_root: Path) -> None:
@@ -176,6 +174,7 @@ def test_command_line_exports_the_same_model_from_factory_specs(
                  "--preprocess", str(model_root / "preprocess.json"), "--tokenizer", str(model_root / "tokenizer"),
                  "--out", str(out), "--targets", "cpu-fp32", "--no-optimize"])
     monkeypatch.delitem(sys.modules, "seed_factories", raising=False)
+    monkeypatch.delitem(sys.modules, "crossmodal_factory_seed_factories", raising=False)
     assert code == 0
     info = json.loads((out / "bundle.json").read_text())
     assert info["space"] == json.loads((bundle / "bundle.json").read_text())["space"]  # same weights, same space
@@ -321,3 +320,34 @@ def test_a_pad_id_other_than_the_tokenizers_is_refused(model_root: Path, tmp_pat
     with pytest.raises(SettingsFileError, match=r"text.pad_id 3 differs from the tokenizer's pad token '\[PAD\]'"):
         export_custom(load_image_tower(model_root), load_text_tower(model_root), settings,
                       model_root / "tokenizer", tmp_path / "out", "cpu-fp32")
+
+
+class _WithTokenTypes(torch.nn.Module):
+    """A text module that takes token_type_ids and lets them move its output (the runtime feeds zeros)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids, attention_mask) + token_type_ids[:, :1].to(torch.float32)
+
+
+def test_token_type_ids_are_fed_when_the_settings_ask(model_root: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from crossmodal.export.custom import export_custom
+
+    settings = _edit(SETTINGS, "text.token_type_ids", True)
+    text = _WithTokenTypes(load_text_tower(model_root)).eval()
+    out = export_custom(load_image_tower(model_root), text, settings, model_root / "tokenizer", tmp_path / "tt",
+                        "cpu-fp32", optimize=False)
+    manifest = json.loads((out / "text" / "cpu-fp32" / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["text"]["needs_token_type_ids"] is True
+    batch = AutoTokenizer.from_pretrained(str(model_root / "tokenizer"))(
+        TEXTS[:4], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    with torch.no_grad():
+        want = text(batch["input_ids"], batch["attention_mask"], torch.zeros_like(batch["input_ids"])).numpy()
+    assert cosines(crossmodal.load(out).encode_text(TEXTS[:4]), want).min() >= 0.99999
