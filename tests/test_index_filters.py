@@ -165,7 +165,7 @@ def test_removed_rows_stay_out_of_a_filtered_scan(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["f16", "i8"])
 def test_quantised_filtered_search_is_the_unfiltered_ranking_restricted(tmp_path: Path, dtype: str) -> None:
-    idx, vecs, keys = build(tmp_path, dtype=dtype)
+    idx, _, _ = build(tmp_path, dtype=dtype)
     q = unit(2, seed=6)
     everything = idx.search(q, 400, exact=True)
     for exact in (True, False):

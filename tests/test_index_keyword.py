@@ -205,7 +205,7 @@ def test_writes_by_code_that_knows_no_fts_keep_it_in_step(tmp_path: Path) -> Non
     rows = fts_rows(path)
     assert 42 in rows["image"] and int(keys[2]) not in rows["image"] and len(rows["image"]) == 6
     with sqlite3.connect(path / META_FILE) as conn:
-        match = lambda q: sorted(r for (r,) in conn.execute(  # noqa: E731
+        match = lambda q: sorted(r for (r,) in conn.execute(
             "SELECT rowid FROM items_fts_image WHERE items_fts_image MATCH ?", (q,)))
         assert match("tractor") == [42] and match("receipt") == [] and match("renamed") == [int(keys[3])]
         assert match("sunrise") == [int(keys[0])] and match("sunset") == [int(keys[0])]  # caption changed, path kept
