@@ -591,4 +591,4 @@ class Index:
                 "same space, or rebuild the index with `crossmodal index build`.")
 
 
-__all__ = ["Index", "SearchResult", "ItemRecord", "Filter"]
+__all__ = ["Index", "SearchResult", "ItemRecord"]
