@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import cpu_isa
 from .encoder import Encoder
 from .errors import ArtifactError, IncompatibleTowersError
 from .manifest import BundleInfo, TowerManifest, available_variants, read_bundle, read_manifest
@@ -21,6 +24,39 @@ def _check_space(bundle_name: str, space: str, dim: int, manifest: TowerManifest
             f"{bundle_name!r} declares {space!r} (dim {dim}); these towers cannot be compared. "
             "Re-export the bundle so both towers come from one model pairing."
         )
+
+
+log = logging.getLogger("crossmodal.loader")
+_isa_warned: set[str] = set()
+_isa_lock = threading.Lock()
+
+
+def warn_if_isa_missing(root: Path, name: str, variant: str, manifest: TowerManifest) -> bool:
+    """Log one warning per process and bundle when this CPU lacks a capability the tower's int8 recipe needs.
+
+    The recipe was chosen by timing and parity on the export machine (the
+    manifest's ``quantization["isa"]``); on a CPU without, say, VNNI the same
+    graph runs other kernels whose int8 sums can saturate. Loading goes on: the
+    warning names ``crossmodal verify``, which re-checks parity here. Manifests
+    without an ``isa`` record load silently. Returns True when it warned.
+    """
+    recorded = cpu_isa.recorded_isa(manifest.quantization, f"{root}/{name}/{variant}/manifest.json")
+    if recorded is None or not recorded.requires:
+        return False
+    here = cpu_isa.detect()
+    lacking = here.missing(recorded.requires)
+    if not lacking:
+        return False
+    key = str(root.resolve())
+    with _isa_lock:
+        if key in _isa_warned:
+            return False
+        _isa_warned.add(key)
+    log.warning(
+        "bundle %s: the %s tower's %s recipe was validated on %s with %s; this CPU (%s) lacks %s, so its int8 "
+        "results may differ from the ones checked at export. Run `crossmodal verify %s` to re-check parity here.",
+        root, name, variant, recorded.measured_cpu, ", ".join(recorded.requires), here.model, ", ".join(lacking), root)
+    return True
 
 
 def load(
@@ -104,6 +140,7 @@ def open_tower(
     model = tower_dir / manifest.model_file
     if not model.is_file():
         raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
+    warn_if_isa_missing(root, name, variant, manifest)
     session = open_session(tower_dir, manifest, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
                            providers=providers)
     return tower_dir, manifest, session

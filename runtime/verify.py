@@ -4,18 +4,24 @@ Two checks per tower variant: the model file's sha256 equals the manifest's,
 and the graph, run here, reproduces the PyTorch reference output stored at
 export time (``reference.npz``) within the manifest's parity thresholds. No
 torch needed: the reference was computed by the exporter.
+
+For int8 variants the result also says which ISA the recipe was validated on
+(the manifest's ``quantization["isa"]``) against this CPU's
+(:mod:`crossmodal.cpu_isa`): the parity re-check is what decides whether a
+bundle moved to a CPU without, say, VNNI still computes what was checked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import cpu_isa
 from .durable_files import file_digest
 from .errors import ArtifactError, ParityError, ProviderUnavailableError
-from .manifest import REFERENCE_FILE, available_variants, read_bundle, read_manifest
+from .manifest import REFERENCE_FILE, TowerManifest, available_variants, read_bundle, read_manifest
 from .session import open_session
 from .similarity import parity
 from .variants import get_variant
@@ -27,11 +33,41 @@ class VerifyResult:
     variant: str
     ok: bool
     detail: str
+    # int8 variants: the recorded ISA of the recipe against this CPU ("" for other precisions)
+    isa: str = ""
+
+
+def isa_note(tower_dir: Path, manifest: TowerManifest, here: cpu_isa.CpuIsa | None = None) -> tuple[str, list[str]]:
+    """How an int8 variant's recorded ISA compares with this CPU: (one line, capabilities lacking here).
+
+    ``("", [])`` for variants that are not int8.
+    """
+    if get_variant(manifest.variant).precision != "int8":
+        return "", []
+    recorded = cpu_isa.recorded_isa(manifest.quantization, f"{tower_dir}/manifest.json")
+    if recorded is None:
+        return "no ISA recorded (exported before crossmodal recorded it); parity below is this CPU's answer", []
+    lacking = (here or cpu_isa.detect()).missing(recorded.requires)
+    verdict = (f"this CPU lacks {', '.join(lacking)}" if lacking else
+               "this CPU has every required capability" if recorded.requires else "portable recipe")
+    return f"{recorded.describe()}; {verdict}", lacking
 
 
 def verify_variant(tower_dir: Path) -> VerifyResult:
     """Check one ``<bundle>/<tower>/<variant>`` folder."""
     manifest = read_manifest(tower_dir)
+    isa, lacking = isa_note(tower_dir, manifest)
+    result = _check(tower_dir, manifest)
+    if not isa:
+        return result
+    detail = result.detail
+    if lacking and not result.ok:
+        detail += (f"; the recipe needs {', '.join(lacking)}, which this CPU lacks: re-export with "
+                   "`--int8-target portable` (or the target of this CPU) for machines like this one")
+    return replace(result, detail=detail, isa=isa)
+
+
+def _check(tower_dir: Path, manifest: TowerManifest) -> VerifyResult:
     model = tower_dir / manifest.model_file
     tag = (manifest.tower, manifest.variant)
     if not model.is_file():
