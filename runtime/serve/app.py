@@ -7,7 +7,8 @@
 The app's lifespan loads the bundle (when given as a path), opens the index, warms up
 and passes a canary request in the background: ``/health/live`` answers at once,
 ``/health/ready`` and the API once the canary passed. Shutdown finishes queued work and
-saves the index. Run ONE worker process per index: the index has a single writer.
+saves the index. Run ONE writing worker process per index (the index has a single writer);
+any number of replicas may search it opened read-only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def create_app(bundle: Any, index: Any = None, *, variant: str | None = None, th
     ``bundle``: a bundle directory (or an already loaded :class:`~crossmodal.encoder.Encoder`
     or :class:`~crossmodal.rerank.Reranker`). ``index``: an index directory (created empty
     for the bundle when missing and ``create_index``), an open :class:`~crossmodal.index.Index`,
-    or None (embedding and ranking only). ``variant`` / ``threads``: as :func:`crossmodal.load`.
+    or None (embedding and ranking only); a list of index directories, or an open
+    :class:`~crossmodal.index.sharded.ShardedIndex`, is searched as one read-only index (the
+    items routes answer 403). ``variant`` / ``threads``: as :func:`crossmodal.load`.
     ``config``: a :class:`ServeConfig`; ``limits``: its fields given directly (``max_batch=16``).
     ``uploads_dir``: where images added through ``POST /v1/items`` are stored (default: inside
     the index root, or ``INDEX/uploads``).

@@ -1,4 +1,4 @@
-"""``crossmodal serve BUNDLE [--index INDEX] ...``: run the service on uvicorn.
+"""``crossmodal serve BUNDLE [--index INDEX]... [--read-only] ...``: run the service on uvicorn.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise, and prints
 ``crossmodal serve: listening on http://HOST:PORT`` once the socket is bound (``--port 0``
@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a bundle over HTTP: OpenAI-compatible /v1/embeddings, /v1/search, /v1/rank, /v1/items, "
         "/v1/models, /health/live, /health/ready, /metrics. Requests from many clients are batched per tower."))
     p.add_argument("bundle", help="bundle directory written by `crossmodal export`")
-    p.add_argument("--index", help="index directory to search and add to (created empty when missing)")
+    p.add_argument("--index", action="append", metavar="INDEX",
+                   help="index directory to search and add to (created empty when missing); repeat it to search "
+                        "several shards of one collection as one index (opened read-only, never created)")
+    p.add_argument("--read-only", action="store_true",
+                   help="open the index as a reader: no writer lock, so replicas can share one index (also on "
+                        "read-only storage); POST/DELETE /v1/items answer 403")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="variant to run (default: cpu-fp32)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                    "0.0.0.0 to accept connections from other machines)")
@@ -71,12 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         config = _config(args)
+        if args.read_only and not args.index:
+            raise ValueError("--read-only opens the index as a reader: give --index INDEX too")
         from .app import create_app
-        from .service import load_model, open_index
+        from .service import load_model, open_indexes
 
         model = load_model(args.bundle, args.variant, args.threads)
         encoder = getattr(model, "encoder", model)
-        index = open_index(args.index, encoder) if args.index else None
+        index = open_indexes(args.index, encoder, read_only=args.read_only) if args.index else None
         app = create_app(model, index, variant=args.variant, threads=args.threads, config=config,
                          uploads_dir=args.uploads_dir)
         sock = _bind(args.host, args.port)

@@ -4,7 +4,8 @@ One :class:`Service` per app. It owns:
 
 * the :class:`~crossmodal.encoder.Encoder` (and, for ALBEF bundles with a re-ranker, the
   :class:`~crossmodal.rerank.Reranker` whose encoder it is) and one :class:`Batcher` per tower;
-* the :class:`~crossmodal.index.Index` (optional) and the one :class:`~crossmodal.retriever.Retriever`
+* the :class:`~crossmodal.index.Index` (optional; several index paths are searched as one read-only
+  :class:`~crossmodal.index.sharded.ShardedIndex`) and the one :class:`~crossmodal.retriever.Retriever`
   that searches it (and re-ranks); the index is written by ONE writer thread (adds,
   removals, uploaded files, compaction) while searches run in a search pool: the index
   keeps its own lock around graph changes, so searches keep being answered during adds;
@@ -103,6 +104,8 @@ class Service:
         self.index: Index | None = None
         self.retriever: Retriever | None = None
         self.index_error: ServeError | None = None
+        # Number of shards when the index is a ShardedIndex (read-only: no items routes), else None.
+        self.shards: int | None = None
         self.uploads_dir: Path | None = None
         self.fingerprint = ""
         self.cache = EmbeddingCache(0, "")
@@ -146,11 +149,12 @@ class Service:
         self.fingerprint = encoder_fingerprint(enc)
         self.cache = EmbeddingCache(self.config.cache_size, self.fingerprint)
         index = self._index_arg
-        if isinstance(index, (str, os.PathLike)):
-            index = open_index(index, enc, create=self._create_index)
+        if isinstance(index, (str, os.PathLike, list, tuple)):
+            index = open_indexes(index, enc, create=self._create_index)
         if index is None:
             return
         self.index = index
+        self.shards = len(getattr(index, "shards", ())) or None
         from ..retriever import Retriever
 
         try:
@@ -162,7 +166,8 @@ class Service:
             log.error("index %s cannot be searched with this bundle: %s", index.path, exc)
             return
         index.warm_up()
-        self.uploads_dir = self._choose_uploads_dir(index)
+        if self.shards is None:  # shards are never written here: no uploads
+            self.uploads_dir = self._choose_uploads_dir(index)
 
     def _choose_uploads_dir(self, index: "Index") -> Path:
         # Item paths must lie inside the index root when it has one (the index refuses others).
@@ -259,6 +264,11 @@ class Service:
             raise not_found("this service has no index: start it with --index INDEX", "no_index")
         if self.index_error is not None:
             raise self.index_error
+        if writable and self.shards is not None:
+            raise ServeError(403, f"the index is split across {self.shards} shards ({self.index.path}), searched "
+                             "read-only here: add or remove items with the one writer of the shard they belong "
+                             "to (crossmodal index add, or a service started with that shard alone)",
+                             "permission_error", "index_sharded")
         if writable and self.index.read_only:
             raise ServeError(403, f"the index {self.index.path} is open read-only here", "permission_error",
                              "index_read_only")
@@ -421,15 +431,32 @@ def load_model(path: str | os.PathLike[str], variant: str | None = None, threads
     return crossmodal.load(path, variant=variant, threads=threads)
 
 
-def open_index(path: str | os.PathLike[str], encoder: Any, *, create: bool = True) -> "Index":
-    """Open the index at ``path`` for writing, or create it empty for ``encoder``'s bundle when missing."""
+def open_index(path: str | os.PathLike[str], encoder: Any, *, create: bool = True,
+               read_only: bool = False) -> "Index":
+    """Open the index at ``path`` for writing, or create it empty for ``encoder``'s bundle when missing;
+    ``read_only``: open it as a reader (never created; many replicas may share it)."""
     from ..index import Index
 
     p = Path(path)
+    if read_only:
+        return Index.open(p, read_only=True)
     if not p.exists() and create:
         log.info("creating an empty index at %s for bundle %s", p, encoder.bundle.name)
         return Index.create(p, bundle=encoder.bundle, info={"variant": encoder.variant})
     return Index.open(p)
+
+
+def open_indexes(paths: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]", encoder: Any, *,
+                 create: bool = True, read_only: bool = False) -> Any:
+    """One path: :func:`open_index`. Several: the shards of one collection, opened read-only as a
+    :class:`~crossmodal.index.sharded.ShardedIndex` (never created: each shard has its own writer)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if len(paths) == 1:
+        return open_index(paths[0], encoder, create=create, read_only=read_only)
+    from ..index.sharded import open_many
+
+    return open_many(paths, read_only=True)
 
 
 def _tokenize(tower: Any, texts: Sequence[str]) -> dict[str, NDArray[np.int64]]:
@@ -474,4 +501,4 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-__all__ = ["Service", "load_model", "open_index", "RequestStats", "TextEmbeddings", "ClientGone", "sha256_hex"]
+__all__ = ["Service", "load_model", "open_index", "open_indexes", "RequestStats", "TextEmbeddings", "ClientGone", "sha256_hex"]
