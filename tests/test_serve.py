@@ -676,3 +676,79 @@ def test_config_is_validated_and_never_shows_the_key() -> None:
     with pytest.raises(crossmodal.InputError, match="max_inputs"):
         ServeConfig(max_inputs=10, max_queue=5)
     assert "hunter2" not in repr(ServeConfig(api_key="hunter2"))
+
+
+# --------------------------------------------------------------------------- fusion, hybrid, filters
+
+
+@pytest.fixture(scope="module")
+def captioned_index(enc: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example images ingested with their captions: caption items share their image's path."""
+    from crossmodal.ingest import ingest_folder, read_captions
+
+    out = tmp_path_factory.mktemp("serve-fused") / "idx"
+    with Index.create(out, bundle=enc.bundle) as idx:
+        ingest_folder(idx, enc, EXAMPLES, captions=read_captions(EXAMPLES / "captions.jsonl"), progress=False)
+    return out
+
+
+def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Path, enc: Any,
+                                                           captioned_index: Path, tmp_path: Path) -> None:
+    idx_path = _copy_index(captioned_index, tmp_path / "idx")
+    prefix = str(EXAMPLES / "s")
+    with Index.open(idx_path, read_only=True) as idx:
+        r = Retriever(enc, idx)
+        want = {
+            "plain": r.search_text("a red circle", k=3),
+            "fused": r.search_text("a red circle", k=3, fuse="captions"),
+            "rrf": r.search_text("a red circle", k=3, fuse="captions", fuse_mode="rrf"),
+            "w": r.search_text("a red circle", k=3, fuse="captions", fuse_weight=0.8),
+            "hybrid": r.search_text("checkerboard", k=3, hybrid=True),
+            "filtered": r.search_text("a red circle", k=3, where={"path_prefix": prefix, "has_caption": True}),
+        }
+    # the tiny bundle's weights are random: only the caption puts the red circle first
+    assert Path(want["fused"][0].path).name == "red_circle.png"  # type: ignore[arg-type]
+    assert Path(want["plain"][0].path).name != "red_circle.png"  # type: ignore[arg-type]
+
+    def same(out: dict[str, Any], hits: list[Any]) -> None:
+        assert "hits" in out, out
+        assert [int(h["key"]) for h in out["hits"]] == [h.key for h in hits]
+        np.testing.assert_allclose([h["score"] for h in out["hits"]], [h.score for h in hits], atol=1e-5)
+
+    async def body() -> None:
+        async with asgi_client(create_app(tiny_clip_bundle, idx_path)) as c:
+            for name, extra in (("fused", {"fuse": "captions"}), ("rrf", {"fuse": "captions", "fuse_mode": "rrf"}),
+                                ("w", {"fuse": "captions", "fuse_weight": 0.8}),
+                                ("filtered", {"filter": {"path_prefix": prefix, "has_caption": True}})):
+                got = await c.post("/v1/search", json={"text": "a red circle", "k": 3, **extra})
+                assert got.status_code == 200, got.text
+                same(got.json(), want[name])
+            got = await c.post("/v1/search", json={"text": "checkerboard", "k": 3, "hybrid": True})
+            same(got.json(), want["hybrid"])
+            assert Path(got.json()["hits"][0]["path"]).name == "checkerboard.png"
+            # form fields: the filter as a JSON string, booleans and numbers as text
+            got = await c.post("/v1/search", files={"text": (None, "a red circle"), "k": (None, "3"),
+                                                    "fuse": (None, "captions"), "fuse_weight": (None, "0.8")})
+            assert got.status_code == 200, got.text
+            same(got.json(), want["w"])
+            got = await c.post("/v1/search", files={"image": ("q.png", (EXAMPLES / "stop_sign.png").read_bytes(),
+                                                              "image/png")},
+                               data={"k": "5", "filter": '{"path_prefix": "%s"}' % prefix})
+            assert got.status_code == 200, got.text
+            assert {Path(h["path"]).name[0] for h in got.json()["hits"]} == {"s"}
+            for bad, code, words in (
+                ({"text": "x", "filter": {"colour": "red"}}, "invalid_filter", "['colour']"),
+                ({"text": "x", "filter": {"added_after": "soon"}}, "invalid_filter", "added_after"),
+                ({"text": "x", "filter": [1]}, "invalid_filter", "must be an object"),
+                ({"vector": [0.0] * enc.dim, "fuse": "captions"}, "invalid_value", "send text, not vector"),
+                ({"text": "x", "fuse_weight": 0.3}, "invalid_value", '"fuse": "captions"'),
+                ({"text": "x", "fuse": "words"}, "invalid_value", "fuse must be one of"),
+                ({"text": "x", "fuse": "captions", "fuse_weight": 2}, "invalid_input", "fuse_weight must be"),
+                ({"text": "x", "fuse": "captions", "target": "text"}, "invalid_input", "tower='image'"),
+                ({"text": "x", "hybrid": "maybe"}, "invalid_input", "hybrid"),
+            ):
+                got = await c.post("/v1/search", json=bad)
+                assert got.status_code == 400 and got.json()["error"]["code"] == code, (bad, got.text)
+                assert words in got.json()["error"]["message"], (bad, got.text)
+
+    run(body)

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -367,19 +367,32 @@ class Service:
 
     # ------------------------------------------------------------- index
 
-    async def search(self, vectors: NDArray[np.float32], k: int, tower: str, exact: bool | None) -> tuple[list[Any], str]:
-        """Top-``k`` hits of one query vector (in the search pool), and which search answered."""
+    async def search(self, vectors: NDArray[np.float32], k: int, tower: str, exact: bool | None, *,
+                     where: Any = None, text: str | None = None,
+                     ranking: Mapping[str, Any] | None = None) -> tuple[list[Any], str]:
+        """Top-``k`` hits of one query vector (in the search pool), and which search answered.
+
+        ``where``: a metadata filter; ``text`` with ``ranking`` (``fuse``, ``fuse_mode``,
+        ``fuse_weight``, ``hybrid``): the text ``vectors`` embeds, ranked as
+        :meth:`~crossmodal.retriever.Retriever.search_text` does with those options.
+        """
         index = self.require_index()
         retriever = self.retriever
         assert retriever is not None
 
         def run() -> tuple[list[Any], str]:
             used = exact if exact is not None else index.uses_exact(tower)
-            return retriever.search_vector(vectors, k, tower=tower, exact=exact), ("exact" if used else "hnsw")
+            if text is not None:
+                hits = retriever.search_text(text, k, tower=tower, exact=exact, where=where,
+                                             vectors=np.asarray(vectors)[None], **(ranking or {}))
+            else:
+                hits = retriever.search_vector(vectors, k, tower=tower, exact=exact, where=where)
+            return hits, ("exact" if used else "hnsw")
 
         return await self._in(self.search_pool, run)
 
-    async def rerank_search(self, text: str, k: int, depth: int, exact: bool | None) -> tuple[list[Any], str]:
+    async def rerank_search(self, text: str, k: int, depth: int, exact: bool | None, *, where: Any = None,
+                            ranking: Mapping[str, Any] | None = None) -> tuple[list[Any], str]:
         """Text -> image search re-scored by the bundle's re-ranker (its own model calls, in the search pool)."""
         index = self.require_index()
         retriever = self.retriever
@@ -391,7 +404,8 @@ class Service:
 
         def run() -> tuple[list[Any], str]:
             used = exact if exact is not None else index.uses_exact("image")
-            return retriever.search_text(text, k, exact=exact, rerank=depth), ("exact" if used else "hnsw")
+            hits = retriever.search_text(text, k, exact=exact, rerank=depth, where=where, **(ranking or {}))
+            return hits, ("exact" if used else "hnsw")
 
         return await self._in(self.search_pool, run)
 
