@@ -1,7 +1,9 @@
-"""``crossmodal index build`` / ``crossmodal index add``: embed a folder of images into a search index.
+"""``crossmodal index build`` / ``add`` / ``import``: embed a folder of images into a search index.
 
-Both resume: every finished batch is durable, so a rerun after an interruption
-embeds only what is missing.
+Build and add resume: every finished batch is durable, so a rerun after an interruption
+embeds only what is missing. ``index build --ray`` embeds on a Ray cluster into parquet
+shards (a rerun skips the shards already written) and imports them; ``index import``
+adds shard files to an index (see :mod:`crossmodal.distributed`, the ``ray`` extra).
 """
 
 from __future__ import annotations
@@ -57,30 +59,128 @@ def _ingest(idx: Any, enc: Any, args: argparse.Namespace, captions: Any) -> int:
     return 0
 
 
-def run_build(args: argparse.Namespace) -> int:
-    """Create the index at ``--out``, or resume it when it exists."""
+def _open_or_create(args: argparse.Namespace, bundle: Any, variant: str, root: Path | None) -> Any:
+    """The index at ``--out``, resumed (``root`` must lie inside its root) or created for ``bundle``."""
     from ..index import META_FILE, Index
-    from ..ingest import IMAGE_EXTENSIONS, read_captions, walk_images
 
-    files, _ = walk_images(args.images)
-    if not files:
-        raise InputError(f"--images {args.images}: no image files found (extensions "
-                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing to index.")
-    captions = read_captions(args.captions) if args.captions else None
-    enc = load_encoder(args.bundle, args.variant, None if captions else "image", args.threads)
     if (args.out / META_FILE).exists():
         idx = Index.open(args.out)
-        if not inside(args.images, idx.root):
+        if root is not None and not inside(root, idx.root):
             idx.close()
-            raise _outside(args.images, idx, args.out)
+            raise _outside(root, idx, args.out)
         print(f"resuming {args.out} ({len(idx)} vectors already indexed)", file=sys.stderr)
-    else:
-        idx = Index.create(args.out, bundle=enc.bundle, metric=args.metric, dtype=args.dtype, root=args.images,
-                           info={"bundle_path": os.path.abspath(args.bundle), "variant": enc.variant})
+        return idx
+    return Index.create(args.out, bundle=bundle, metric=args.metric, dtype=args.dtype, root=root,
+                        info={"bundle_path": os.path.abspath(args.bundle), "variant": variant})
+
+
+def _no_images(images: Path) -> InputError:
+    from ..ingest import IMAGE_EXTENSIONS
+
+    return InputError(f"--images {images}: no image files found (extensions "
+                      f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing to index.")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Create the index at ``--out``, or resume it when it exists."""
+    from ..ingest import read_captions, walk_images
+
+    if args.ray:
+        return run_build_ray(args)
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--shards-dir", args.shards_dir),
+                                         ("--actors", args.actors)) if value is not None]
+    if ray_only:
+        raise InputError(f"{ray_only[0]} needs --ray.")
+    if args.images.is_file():
+        raise InputError(f"--images {args.images} is a file; a parquet list of images is read by `index build "
+                         "--ray`, without --ray give a folder.")
+    files, _ = walk_images(args.images)
+    if not files:
+        raise _no_images(args.images)
+    captions = read_captions(args.captions) if args.captions else None
+    enc = load_encoder(args.bundle, args.variant, None if captions else "image", args.threads)
+    idx = _open_or_create(args, enc.bundle, enc.variant, args.images)
     try:
         return _ingest(idx, enc, args, captions)
     finally:
         idx.close()
+
+
+def run_build_ray(args: argparse.Namespace) -> int:
+    """Embed on Ray into shard files (resumable), then import them into the index at ``--out``."""
+    from ..distributed.embed import check_bundle
+    from ..distributed.importer import import_shards
+    from ..distributed.sources import folder_items, is_parquet_list, parquet_items
+    from ..distributed.writer import embed_to_shards
+    from ..variants import DEFAULT_VARIANT
+
+    if args.captions:
+        raise InputError("--captions is not read with --ray: give --images a parquet file with path and caption "
+                         "columns (captions are stored with their image), or build without --ray to embed "
+                         "captions for image -> caption search.")
+    variant = args.variant or DEFAULT_VARIANT
+    if is_parquet_list(args.images):
+        items, skipped, root = parquet_items(args.images), [], None
+    else:
+        items, skipped = folder_items(args.images)
+        root = args.images
+    if not items:
+        raise _no_images(args.images)
+    info = check_bundle(args.bundle, variant, "image")
+    shards_dir = args.shards_dir or args.out.with_name(args.out.name + ".shards")
+    idx = _open_or_create(args, info, variant, root)
+    progress = not args.no_progress
+    try:
+        try:
+            run = embed_to_shards(items, args.bundle, shards_dir, variant=variant, shard_size=args.shard_size,
+                                  batch_size=args.batch_size, concurrency=args.actors, num_cpus=args.cpus_per_actor,
+                                  num_gpus=args.gpus_per_actor, threads=args.threads, ray_address=args.ray_address,
+                                  progress=progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished shard is kept in {shards_dir}; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
+        report = import_shards(idx, run.shards, progress=progress)
+    finally:
+        idx.close()
+    report.errors = [*skipped, *report.errors]
+    if args.json:
+        print_json({**report.to_dict(), "embedding": run.to_dict()})
+    else:
+        print(run.summary())
+        print(report.summary())
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Add shard files to the index at INDEX, creating it from the first shard's bundle when it does not exist."""
+    from ..distributed.importer import import_shards
+    from ..distributed.shards import read_shard_meta, shard_files
+    from ..index import META_FILE, Index
+
+    files = shard_files(args.shards)
+    if (args.index / META_FILE).exists():
+        idx = Index.open(args.index, repair=args.repair)
+        for msg in idx.repairs:
+            print(f"repaired: {msg}", file=sys.stderr)
+    else:
+        meta = read_shard_meta(files[0])
+        idx = Index.create(args.index, bundle=meta.bundle, dim=meta.dim, space=meta.space, metric=args.metric,
+                           dtype=args.dtype, info={"bundle_path": meta.bundle_path, "variant": meta.variant})
+    try:
+        try:
+            report = import_shards(idx, files, batch_size=args.batch_size, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every imported batch is saved in {idx.path}; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
+    finally:
+        idx.close()
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return 0
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -117,20 +217,17 @@ def _ingest_options(p: argparse.ArgumentParser, variant_help: str) -> None:
 
 
 def register(sub: Any) -> None:
-    from ..index import DTYPES, METRICS
-
     ix = sub.add_parser("index", help="build or extend a search index from a folder of images",
                         description="Build or extend a search index (usearch + SQLite) from a folder of images.")
-    ixs = ix.add_subparsers(dest="index_command", required=True, metavar="{build,add}")
+    ixs = ix.add_subparsers(dest="index_command", required=True, metavar="{build,add,import}")
 
     b = ixs.add_parser("build", help="embed a folder into a new index (reruns resume it)",
                        description="Embed every image of a folder into a new index; rerunning resumes it.")
     b.add_argument("bundle", type=Path, help="bundle directory written by `crossmodal export`")
     b.add_argument("--out", type=Path, required=True, metavar="INDEX", help="index directory to create (or resume)")
     _ingest_options(b, "bundle variant to embed with (default cpu-fp32)")
-    b.add_argument("--metric", choices=METRICS, default="cos", help="similarity metric (default cos)")
-    b.add_argument("--dtype", choices=DTYPES, default="f32",
-                   help="vector storage (default f32; f16/i8 trade recall for memory)")
+    _storage_options(b)
+    _ray_options(b)
     b.set_defaults(func=run_build)
 
     a = ixs.add_parser("add", help="embed new or changed files of a folder inside the index root",
@@ -140,3 +237,46 @@ def register(sub: Any) -> None:
     a.add_argument("--bundle", type=Path, help="bundle to embed with (default: the one recorded at build)")
     a.add_argument("--repair", action="store_true", help="drop inconsistent entries instead of refusing to open")
     a.set_defaults(func=run_add)
+
+    m = ixs.add_parser("import", help="add parquet shard files (from `index build --ray`) to an index",
+                       description="Add the rows of shard files written by `crossmodal index build --ray` (or "
+                                   "crossmodal.distributed) to an index, creating it when it does not exist. "
+                                   "Shards of another space or dim are refused; rows that failed to embed are "
+                                   "reported; keys already present are skipped.")
+    m.add_argument("index", type=Path, help="index directory (created from the first shard's bundle if missing)")
+    m.add_argument("shards", type=Path, nargs="+", metavar="SHARDS", help="shard files or directories of them")
+    m.add_argument("--batch-size", type=positive, default=16384, metavar="N",
+                   help="rows per index add (default 16384)")
+    _storage_options(m)
+    m.add_argument("--repair", action="store_true", help="drop inconsistent entries instead of refusing to open")
+    add_no_progress(m)
+    add_json(m, "the import report")
+    m.set_defaults(func=run_import)
+
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    from ..index import DTYPES, METRICS
+
+    p.add_argument("--metric", choices=METRICS, default="cos", help="similarity metric of a new index (default cos)")
+    p.add_argument("--dtype", choices=DTYPES, default="f32",
+                   help="vector storage of a new index (default f32; f16/i8 trade recall for memory)")
+
+
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray (the `ray` extra: pip install 'crossmodal[ray]')")
+    g.add_argument("--ray", action="store_true",
+                   help="embed on a Ray cluster into parquet shards, then import them; --images may then be a "
+                        "parquet file listing images (path[, caption] columns)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, from a node of it (auto, or HEAD_IP:6379; default: start a local one)")
+    g.add_argument("--shards-dir", type=Path, metavar="DIR",
+                   help="where shard files go (default: INDEX.shards beside the index); reruns skip the shards "
+                        "already there")
+    g.add_argument("--shard-size", type=positive, default=1024, metavar="N", help="images per shard (default 1024)")
+    g.add_argument("--actors", type=positive, metavar="N",
+                   help="embedding actors, each loading the bundle once (default: as many as the cluster's "
+                        "CPUs, or GPUs, hold)")
+    g.add_argument("--cpus-per-actor", type=positive, default=1, metavar="N",
+                   help="CPUs each actor holds, and its onnxruntime threads unless --threads (default 1)")
+    g.add_argument("--gpus-per-actor", type=float, default=0, metavar="X",
+                   help="GPUs each actor holds (with --variant gpu-fp16 on a GPU cluster; default 0)")
