@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
+import numpy as np
+
 from .errors import IncompatibleTowersError, InputError
 from .fusion import fuse_mode, fuse_weight
 from .index.filters import as_filter
@@ -104,7 +106,8 @@ class Retriever:
         if vectors is None:
             vecs = self.encoder.encode_text(items)
         else:
-            vecs = vectors
+            vecs = np.asarray(vectors, dtype=np.float32)
+            vecs = vecs[None] if vecs.ndim == 1 else vecs
             if len(vecs) != len(items):
                 raise InputError(f"vectors must hold one embedding per text: {len(items)} texts, {len(vecs)} vectors")
         n = depth or k

@@ -302,8 +302,9 @@ def test_fusion_and_hybrid_argument_errors(captioned: Any) -> None:
         r.search_text("q", k=1, fuse="captions", fuse_weight=3)
     with pytest.raises(InputError, match="hybrid must be"):
         r.search_text("q", k=1, hybrid="yes")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="one embedding per text"):
+    with pytest.raises(InputError, match="one embedding per text: 2 texts, 1 vectors"):
         r.search_text(["q", "r"], k=1, vectors=q[None])
+    assert [h.key for h in r.search_text("q", k=2, vectors=q)] == [h.key for h in r.search_vector(q, k=2)]
 
 
 # ---------------------------------------------------------------- the search command

@@ -44,7 +44,8 @@ def check_fusion(args: argparse.Namespace) -> None:
 
 def add_filters(p: argparse.ArgumentParser) -> None:
     """``--path-prefix``, ``--added-after``, ``--has-caption`` / ``--no-caption``."""
-    p.add_argument("--path-prefix", metavar="P", help="only items whose path (as stored) starts with P")
+    p.add_argument("--path-prefix", metavar="P", help="only items whose path starts with P (a plain string prefix: absolute, or relative to "
+                        "the indexed folder; end it with / for a folder)")
     p.add_argument("--added-after", metavar="WHEN",
                    help="only items added after WHEN: an ISO 8601 date/time (UTC unless it has an offset, "
                         "e.g. 2026-01-31 or 2026-01-31T08:00:00+02:00) or unix seconds")

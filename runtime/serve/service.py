@@ -384,7 +384,7 @@ class Service:
             used = exact if exact is not None else index.uses_exact(tower)
             if text is not None:
                 hits = retriever.search_text(text, k, tower=tower, exact=exact, where=where,
-                                             vectors=np.asarray(vectors)[None], **(ranking or {}))
+                                             vectors=vectors, **(ranking or {}))
             else:
                 hits = retriever.search_vector(vectors, k, tower=tower, exact=exact, where=where)
             return hits, ("exact" if used else "hnsw")
