@@ -286,3 +286,24 @@ def test_runtime_and_cli_never_import_ray(tmp_path: Path) -> None:
                "try:\n    import_ray()\nexcept MissingExtraError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, timeout=120, check=True)
     assert "pip install 'crossmodal[ray]'" in out.stdout
+
+
+def test_cli_refuses_ray_options_without_ray_and_captions_with_it(tiny_clip_bundle: Path, folder, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listing = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"path": [str(folder.good[0])]}), listing)
+    base = ["index", "build", str(tiny_clip_bundle), "--out", str(tmp_path / "idx"), "--no-progress"]
+    assert main([*base, "--images", str(folder.root), "--actors", "2"]) == 2
+    assert "--actors needs --ray" in capsys.readouterr().err
+    assert main([*base, "--images", str(listing)]) == 2
+    assert "parquet list of images is read by `index build --ray`" in capsys.readouterr().err
+    captions = tmp_path / "c.jsonl"
+    captions.write_text('{"image": "x.png", "caption": "x"}\n')
+    assert main([*base, "--images", str(folder.root), "--ray", "--captions", str(captions)]) == 2
+    assert "--captions is not read with --ray" in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()  # refused before creating anything
+    assert main(["index", "import", str(tmp_path / "idx"), str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
