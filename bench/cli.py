@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 from .timing import Budget
 
-ALL_SCENARIOS = "abcdefgh"
-QUICK_SCENARIOS = "abcdef"  # (g) exports a trained model: minutes, not CI
+ALL_SCENARIOS = "abcdefghr"
+QUICK_SCENARIOS = "abcdefr"  # (g) exports a trained model: minutes, not CI
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default=None,
                    help="letters of the scenarios to run: a towers, b images e2e, c text query, d cold start, "
                         "e peak RSS (with d), f installed size, g int8 fidelity on trained MiniLM, "
-                        "h index recall at --recall-size vectors (default: all; --quick: abcdef); "
+                        "h index recall at --recall-size vectors, r roofline: this machine's peaks and each tower's "
+                        "floor, as multiples in (a)'s table (default: all; --quick: abcdefr); "
                         "'serve' (comma-separated from the letters): the HTTP service under load, "
                         "see python -m crossmodal.bench.serve_load --help")
     p.add_argument("--processes", type=int, help="fresh processes per engine and scenario (default 3; --quick 1)")
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     photos = fixtures.write_photos(work / "photos", args.photos or (4 if quick else 32), photo_size)
     result: dict[str, Any] = {"command": command, "started": started, "environment": env, "rows": []}
     cfg = None
-    if set(letters) & set("abcde"):
+    if set(letters) & set("abcder"):
         log("preparing model and bundle (cached after the first run) ...")
         model = fixtures.prepare_model(work, quick=quick, model=args.model, photos=work / "photos")
         budget = Budget(seconds=args.seconds or (0.2 if quick else 2.0), warmup_seconds=0.05 if quick else 0.3,
@@ -129,8 +130,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             e2e_batch=4 if quick else 16, budget=budget, log=log,
         )
         result["model"] = {"name": model.name, "description": model.description, "random_weights": model.random_weights,
-                           "hf_dir": str(model.hf_dir), "bundle": str(model.bundle),
-                           "image_flops": scenarios.image_flops(model.hf_dir)}
+                           "hf_dir": str(model.hf_dir), "bundle": str(model.bundle)}
         result["bundle_int8"] = _int8_recipes(model.bundle)
     else:
         result["model"] = {"name": "-", "description": "no CLIP scenario", "random_weights": False}
@@ -152,6 +152,14 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 rows = [r for r in rows if r["scenario"] == "d"]
             result["rows"].extend(rows)
             _checkpoint(result, out, t_start, report)
+    if "r" in letters and cfg is not None:
+        from .roofline import scenario_roofline
+
+        log("scenario (r) roofline: this machine's peaks and each tower's floor ...")
+        result["roofline"] = scenario_roofline(cfg.model.bundle, runner, result["rows"], processes=cfg.processes,
+                                               quick=quick, image_batches=cfg.image_batches, tokens=cfg.query_tokens,
+                                               log=log)
+        _checkpoint(result, out, t_start, report)
     if "g" in letters:
         from .fidelity import scenario_fidelity
 

@@ -16,19 +16,10 @@ INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_v
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, logical/physical cores and the SIMD flags that matter here (Linux /proc/cpuinfo)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    """CPU model, architecture, int8 capabilities, logical/physical cores and the SIMD flags that matter here."""
+    from crossmodal.cpu_isa import detect
+
+    isa = detect()
     physical = None
     try:
         import psutil
@@ -37,11 +28,13 @@ def cpu_info() -> dict[str, Any]:
     except ImportError:
         pass
     return {
-        "model": model,
+        "model": isa.model,
+        "arch": isa.arch,
+        "capabilities": list(isa.capabilities) if isa.known_flags else None,
         "logical_cores": os.cpu_count(),
         "physical_cores": physical,
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "flags": sorted(f for f in INTERESTING_FLAGS if f in flags),
+        "flags": sorted(f for f in INTERESTING_FLAGS if f in isa.flags),
         "machine": platform.machine(),
     }
 

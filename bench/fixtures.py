@@ -96,7 +96,7 @@ class ModelSpec:
     name: str
     hf_dir: Path
     bundle: Path
-    random_weights: bool
+    random_weights: bool | None  # None: weights from a user's directory, trained or not is unknown
     image_size: int
     description: str
 
@@ -109,9 +109,16 @@ _TINY = dict(
 )
 
 
+# Written into every checkpoint the harness makes, so that `--model DIR` on one of them
+# is reported as random weights, not as someone's trained model.
+RANDOM_MARK = "crossmodal-bench-random.json"
+
+
 def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
     """Save a random-weight CLIP (ViT-B/32 sizes, or tiny widths for ``--quick``) in transformers format."""
     if (out / "config.json").is_file() and (out / "vocab.json").is_file():
+        if not (out / RANDOM_MARK).is_file():  # made before the mark existed: this path is the harness's own
+            _mark_random(out, tiny=tiny, seed=seed)
         return out
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -134,8 +141,28 @@ def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
     write_clip_vocab(tmp)
     size = cfg.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(tmp)
+    _mark_random(tmp, tiny=tiny, seed=seed)
     tmp.rename(out)
     return out
+
+
+def _mark_random(folder: Path, *, tiny: bool, seed: int) -> None:
+    (folder / RANDOM_MARK).write_text(json.dumps({"weights": "random", "made_by": "crossmodal bench", "seed": seed,
+                                                  "sizes": "tiny" if tiny else "ViT-B/32 (CLIPConfig() defaults)"}))
+
+
+def describe_checkpoint(model: str, hf_dir: Path) -> tuple[bool | None, str]:
+    """(random_weights, description) of a ``--model`` checkpoint: only what is known about it.
+
+    Random when the harness made it (its mark is there); otherwise the weights
+    are whatever the directory holds, and the description says just that.
+    """
+    mark = hf_dir / RANDOM_MARK
+    if mark.is_file():
+        info = json.loads(mark.read_text())
+        return True, (f"{model}: random weights made by crossmodal bench (seed {info.get('seed')}, "
+                      f"{info.get('sizes')})")
+    return None, f"{model} (weights as found in that directory)"
 
 
 def export_bundle(hf_dir: Path, bundle: Path, calib_dir: Path | None, *, int8_recipe: str = "auto") -> Path:
@@ -154,7 +181,7 @@ def export_bundle(hf_dir: Path, bundle: Path, calib_dir: Path | None, *, int8_re
 def _dir_key(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
-        if f.is_file():
+        if f.is_file() and f.name != RANDOM_MARK:  # the mark says what the weights are, not which
             st = f.stat()
             h.update(f"{f.relative_to(path)}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
@@ -169,7 +196,7 @@ def prepare_model(work: Path, *, quick: bool, model: str | None, photos: Path | 
         src = resolve(model)
         hf = find_transformers_dir(src.path)
         name = Path(model).name or model
-        random_weights, desc = False, f"{model} (trained weights)"
+        random_weights, desc = describe_checkpoint(model, hf)
     else:
         name = "clip-tiny-random" if quick else "clip-vit-b-32-random"
         hf = random_clip(work / name / "hf", tiny=quick)
@@ -276,5 +303,5 @@ def save_inputs(path: Path, arrays: dict[str, NDArray[Any]]) -> Path:
     return path
 
 
-__all__ = ["ModelSpec", "VectorIndex", "build_index", "captions", "export_bundle", "prepare_model", "random_clip",
-           "write_clip_vocab", "write_photos", "synthetic_photo", "save_inputs", "INDEX_SETTINGS"]
+__all__ = ["ModelSpec", "VectorIndex", "build_index", "captions", "describe_checkpoint", "export_bundle", "prepare_model",
+           "random_clip", "RANDOM_MARK", "write_clip_vocab", "write_photos", "synthetic_photo", "save_inputs", "INDEX_SETTINGS"]

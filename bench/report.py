@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .scenarios import INT8_PEAK_GOPS, TORCH_BF16, TORCH_FP32
+from .scenarios import TORCH_BF16, TORCH_FP32
 
 SCENARIO_TITLES = {
     "a": "(a) Towers alone (prepared inputs)",
@@ -33,7 +33,7 @@ def _f(x: Any, fmt: str = "{:.3g}") -> str:
     return str(x)
 
 
-def _ms(x: float | None) -> str:
+def fmt_ms(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
@@ -61,7 +61,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"# crossmodal benchmark: {result['model']['description']}",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {cpu['model']}, {cpu['logical_cores']} logical cores, flags {', '.join(cpu['flags'])}; "
+        f"Machine: {cpu_line(env)}; {cpu['logical_cores']} logical cores, flags {', '.join(cpu['flags'])}; "
         f"{env['threads']} threads per engine; {result['settings']['processes']} fresh processes per engine, alternating; "
         f"onnxruntime {env['packages'].get('onnxruntime')}, torch {env['packages'].get('torch')}, "
         f"transformers {env['packages'].get('transformers')}.  ",
@@ -74,21 +74,30 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["Fidelity = min / mean cosine of each embedding to the PyTorch fp32 embedding of the same input "
               "(the inputs that were timed). Latency = median over processes of the per-process median.", ""]
     rows = result["rows"]
+    # Every table names the CPU: a figure read alone must still say what machine it is from.
+    caption = [f"_{cpu_line(env)}, {env['threads']} threads._", ""]
+    if result.get("roofline"):
+        lines += roofline_section(result["roofline"], caption)
     for sc in "abcdefgh":
         part = [r for r in rows if r["scenario"] == sc]
         if not part:
             continue
-        lines += [f"## {SCENARIO_TITLES[sc]}", ""]
+        lines += [f"## {SCENARIO_TITLES[sc]}", "", *caption]
         if sc in "ac":
+            floors = sc == "a" and any(r.get("floor_ms") for r in part)
             lines += ["| case | engine | p50 ms | p95 ms | p99 ms | items/s | vs torch fp32 | vs torch bf16 | fidelity min / mean cos |"
-                      + (" top-10 same as torch | HNSW recall@10 |" if sc == "c" else ""),
-                      "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if sc == "c" else "")]
+                      + (" top-10 same as torch | HNSW recall@10 |" if sc == "c" else "")
+                      + (" floor ms | x floor |" if floors else ""),
+                      "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if sc == "c" or floors else "")]
             for r in part:
                 label = _case_label(r)
                 extra = (f" {_f(r.get('top10_overlap_vs_torch_fp32'), '{:.3f}')} | {_f(r.get('hnsw_recall_at_10'), '{:.3f}')} |"
                          if sc == "c" else "")
-                lines.append(f"| {label} | {r['engine']} | {_ms(r.get('p50_ms'))} | {_ms(r.get('p95_ms'))} | "
-                             f"{_ms(r.get('p99_ms'))} | {_f(r.get('items_per_s'), '{:.1f}')} | {_x(r, TORCH_FP32)} | "
+                if floors:
+                    extra += (f" {fmt_ms(r.get('floor_ms'))} | "
+                              f"{'-' if r.get('x_floor') is None else format(r['x_floor'], '.2f') + 'x'} |")
+                lines.append(f"| {label} | {r['engine']} | {fmt_ms(r.get('p50_ms'))} | {fmt_ms(r.get('p95_ms'))} | "
+                             f"{fmt_ms(r.get('p99_ms'))} | {_f(r.get('items_per_s'), '{:.1f}')} | {_x(r, TORCH_FP32)} | "
                              f"{_x(r, TORCH_BF16)} | {_fid(r)} |{extra}")
         elif sc == "b":
             lines += ["| case | engine | images/s | p50 ms per pass | vs PyTorch pipeline | fidelity min / mean cos | vs exact decode min / mean cos |",
@@ -96,7 +105,7 @@ def markdown(result: dict[str, Any]) -> str:
             for r in part:
                 fx = r.get("fidelity_vs_exact_decode")
                 lines.append(f"| {r['images']} x {r.get('photo_size', '')}, batch {r['batch']} | {r['engine']} | "
-                             f"{_f(r.get('items_per_s'), '{:.2f}')} | {_ms(r.get('p50_ms'))} | {_x(r, TORCH_FP32)} | {_fid(r)} | "
+                             f"{_f(r.get('items_per_s'), '{:.2f}')} | {fmt_ms(r.get('p50_ms'))} | {_x(r, TORCH_FP32)} | {_fid(r)} | "
                              + (f"{fx['min_cos']:.5f} / {fx['mean_cos']:.5f} |" if fx else "- |"))
         elif sc == "d":
             lines += ["| engine | first embedding (s) | per process (s) | speedup | fidelity min / mean cos |", "|---|---:|---|---:|---|"]
@@ -117,14 +126,14 @@ def markdown(result: dict[str, Any]) -> str:
             for r in part:
                 lines.append(f"| {r['model']} | {r['engine']} | {r.get('recipe', '-')} | {_f(r.get('min_cos'), '{:.5f}')} | "
                              f"{_f(r.get('mean_cos'), '{:.5f}')} | {_f(r.get('top1_agreement'), '{:.3f}')} | {r.get('captions')} | "
-                             f"{_ms(r.get('p50_ms'))} |")
+                             f"{fmt_ms(r.get('p50_ms'))} |")
         elif sc == "h":
             from .index_recall import markdown_rows
 
             lines += markdown_rows(part)
         lines.append("")
     if result.get("targets"):
-        lines += ["## Targets (issues 7 and 5)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += ["## Targets (issues 7, 5 and 15)", "", *caption, "| target | measured | met |", "|---|---|---|"]
         for t in result["targets"]:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no' if t['met'] is False else '-'} |")
         lines.append("")
@@ -136,6 +145,35 @@ def markdown(result: dict[str, Any]) -> str:
                                    + (f" (rejected: {t['rejected']})" if t.get("rejected") else "") for t in q.get("trials", [])))
         lines.append("")
     return "\n".join(lines)
+
+
+def cpu_line(env: dict[str, Any]) -> str:
+    """``CPU <model> (<arch>; <int8 capabilities>)``: the line every table carries."""
+    cpu = env["cpu"]
+    caps = cpu.get("capabilities")
+    caps_text = "capabilities unknown" if caps is None else ", ".join(caps) or "no AVX2/AVX-512/VNNI/AMX/NEON"
+    return f"CPU {cpu['model']} ({cpu.get('arch') or cpu.get('machine')}; {caps_text})"
+
+
+def roofline_section(roof: dict[str, Any], caption: list[str]) -> list[str]:
+    """Markdown of the roofline: this machine's peaks and each tower's floor."""
+    p = roof["peaks"]
+    lines = ["## (r) Roofline: this machine's peaks and each tower's floor", "", *caption,
+             "Peaks measured with onnxruntime in fresh processes (median over processes): fp32 GEMM "
+             f"({p['detail'].get('gemm')} MatMul), int8 GEMM (MatMulInteger u8 x s8, same size), memory bandwidth "
+             f"(Add over {p['detail'].get('bandwidth_array_mib')} MiB, bytes read + written). Floor = int8 FLOPs / int8 "
+             "peak + fp32 FLOPs / fp32 peak + weight bytes / bandwidth; FLOPs and weight bytes counted from the graph "
+             "that runs, at the case's shapes (crossmodal.bench.roofline). The (a) table gives every latency as a "
+             "multiple of its floor.", "",
+             "| fp32 GEMM GFLOP/s | int8 GEMM GOP/s | bandwidth GB/s | threads |", "|---:|---:|---:|---:|",
+             f"| {p['fp32_gflops']:.0f} | {p['int8_gops']:.0f} | {p['bandwidth_gbs']:.1f} | {p['threads']} |", "",
+             "| tower | variant | batch | tokens | int8 GFLOP | fp32 GFLOP | weight MB read | floor ms |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for f in roof.get("floors", []):
+        lines.append(f"| {f['tower']} | {f['variant']} | {f['batch']} | {f.get('tokens') or '-'} | "
+                     f"{f['int8_flops'] / 1e9:.3g} | {f['fp32_flops'] / 1e9:.3g} | {f['weight_bytes'] / 1e6:.3g} | "
+                     f"{fmt_ms(f['floor_ms'])} |")
+    return lines + [""]
 
 
 def _case_label(r: dict[str, Any]) -> str:
@@ -227,8 +265,4 @@ def write(result: dict[str, Any], out: Path, *, make_plots: bool = True) -> dict
     return paths
 
 
-def int8_floor_ms(flops_per_image: float | None, batch: int) -> float | None:
-    return None if not flops_per_image else flops_per_image * batch / (INT8_PEAK_GOPS * 1e9) * 1e3
-
-
-__all__ = ["markdown", "plots", "write", "speedup_rows", "int8_floor_ms"]
+__all__ = ["markdown", "plots", "write", "speedup_rows", "cpu_line", "fmt_ms"]

@@ -29,10 +29,6 @@ from .timing import Budget, summarize
 TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
 BASELINES = (TORCH_FP32, TORCH_BF16)
 
-# Peaks measured on the reference machine (issue 7, 2 threads): the int8 floor
-# of a compute-bound tower is its int8 operations at this rate.
-INT8_PEAK_GOPS = 1600.0
-
 
 @dataclass
 class Config:
@@ -287,20 +283,5 @@ def scenario_size() -> list[dict[str, Any]]:
              "size_mb": s["torch_transformers"]["total_mb"], "detail": s["torch_transformers"]}]
 
 
-def image_flops(hf_dir: Path) -> float | None:
-    """Multiply-add operations x2 of one image through a CLIP ViT (the int8 floor's numerator)."""
-    import json
-
-    try:
-        vc = json.loads((hf_dir / "config.json").read_text())["vision_config"]
-    except (OSError, KeyError, ValueError):
-        return None
-    d, inter = vc.get("hidden_size", 768), vc.get("intermediate_size", 3072)
-    size, patch, layers = vc.get("image_size", 224), vc.get("patch_size", 32), vc.get("num_hidden_layers", 12)
-    t = (size // patch) ** 2 + 1
-    per_layer = 2 * t * (4 * d * d + 2 * d * inter) + 4 * t * t * d
-    return float(layers * per_layer + 2 * (t - 1) * 3 * patch * patch * d)
-
-
 __all__ = ["Config", "scenario_towers", "scenario_image_e2e", "scenario_text_query", "scenario_cold", "scenario_size",
-           "image_flops", "fidelity", "query_texts", "INT8_PEAK_GOPS"]
+           "fidelity", "query_texts"]

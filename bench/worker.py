@@ -14,7 +14,7 @@ Engines:
 * ``crossmodal-<variant>``: the lean runtime (``crossmodal.load``), no torch imported.
 
 Jobs (``kind``): ``towers`` (scenario a), ``image_e2e`` (b), ``text_query`` (c),
-``cold`` (d and e). Embeddings computed on the timed inputs are saved to
+``cold`` (d and e), ``peaks`` (the roofline's peaks, ``crossmodal.bench.roofline``). Embeddings computed on the timed inputs are saved to
 ``outputs`` so the parent can measure fidelity against ``torch-fp32``.
 """
 
@@ -294,7 +294,17 @@ def job_cold(job: dict[str, Any]) -> dict[str, Any]:
                                "peak_rss_mb_first": rss_first, "peak_rss_mb": peak_rss_mb()}}}
 
 
-JOBS = {"towers": job_towers, "image_e2e": job_image_e2e, "text_query": job_text_query, "cold": job_cold}
+def job_peaks(job: dict[str, Any]) -> dict[str, Any]:
+    """The roofline's peaks (fp32 GEMM, int8 GEMM, bandwidth) with onnxruntime, on the job's threads."""
+    from .roofline import measure_peaks
+
+    peaks = measure_peaks(int(job["threads"]), Budget.from_dict(job["budget"]), gemm_size=int(job["gemm_size"]),
+                          bandwidth_mib=int(job["bandwidth_mib"]))
+    return {"cases": {}, "peaks": peaks.to_dict()}
+
+
+JOBS = {"towers": job_towers, "image_e2e": job_image_e2e, "text_query": job_text_query, "cold": job_cold,
+        "peaks": job_peaks}
 
 
 def main() -> int:
