@@ -23,9 +23,15 @@ from .parity import Parity
 log = logging.getLogger(__name__)
 
 
+# Candidates whose graphs add up to more than this are timed one session at a
+# time: keeping every session (weights plus a batch-16 activation arena each)
+# alive at once is what made full-size exports peak at several times the model's size.
+ALTERNATE_MAX_BYTES = 1 << 30
+
+
 def compare_latency_ms(
     paths: Sequence[Path], feed: Mapping[str, NDArray], *, rounds: int = 5, round_seconds: float = 0.25,
-    threads: int | None = None,
+    threads: int | None = None, alternate_max_bytes: int = ALTERNATE_MAX_BYTES,
 ) -> list[float]:
     """Latency of each graph on ``feed``, robust to other load on the machine.
 
@@ -33,8 +39,25 @@ def compare_latency_ms(
     median per graph taken at different moments compares noise as much as
     graphs. So every candidate gets a session up front, then the candidates
     run in alternating rounds (rotating order) and each keeps the *lowest* of
-    its per-round medians: the round least disturbed by other load.
+    its per-round medians: the round least disturbed by other load. When the
+    graphs together exceed ``alternate_max_bytes``, memory wins over that
+    robustness: each candidate is loaded, timed for all its rounds and released
+    before the next one is loaded.
     """
+    import gc
+
+    total = sum(Path(p).stat().st_size for p in paths)
+    if len(paths) > 1 and total > alternate_max_bytes:
+        out = []
+        for p in paths:
+            out.extend(compare_latency_ms([p], feed, rounds=rounds, round_seconds=round_seconds, threads=threads))
+            gc.collect()
+        return out
+    return _alternating_rounds(paths, feed, rounds=rounds, round_seconds=round_seconds, threads=threads)
+
+
+def _alternating_rounds(paths: Sequence[Path], feed: Mapping[str, NDArray], *, rounds: int, round_seconds: float,
+                        threads: int | None) -> list[float]:
     import time
 
     import numpy as np
@@ -66,6 +89,7 @@ def compare_latency_ms(
                 sess.run(None, f)
                 times.append((time.perf_counter() - t) * 1e3)
             best[i] = min(best[i], float(np.median(times)))
+    sessions.clear()
     return best
 
 

@@ -14,8 +14,11 @@ from crossmodal.variants import EXPORTABLE, TABLE
 
 DEFAULT_TARGETS: tuple[str, ...] = ("cpu-fp32", "cpu-int8")
 # The choices of --int8-recipe. "auto" measures the candidates of
-# crossmodal.export.quantize and keeps the best one.
-INT8_RECIPES: tuple[str, ...] = ("auto", "nbits8", "dynamic", "qdq")
+# crossmodal.export.quantize and keeps the best one; the others name one recipe
+# (crossmodal.export.int8_targets says which CPUs each one stays right on).
+INT8_RECIPES: tuple[str, ...] = ("auto", "nbits8", "nbits8-fp32", "dynamic", "dynamic-rr", "qdq", "qdq-rr", "qdq-s8s8")
+# The choices of --int8-target: the CPUs an int8 graph must stay right on.
+INT8_TARGETS: tuple[str, ...] = ("avx2", "avx512-vnni", "arm64", "portable")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class ExportOptions:
     (default: the family's rule). ``calib_dir``: images for static int8
     calibration (None: the family's default). ``int8_recipe``: one of
     :data:`INT8_RECIPES` (checked by :func:`crossmodal.export.quantize.quantize_int8`,
-    which also takes its internal candidates by name). ``optimize``: try
+    which also takes its internal candidates by name). ``int8_target``: one of
+    :data:`INT8_TARGETS`, the CPUs the int8 graph must stay right on (None: this
+    machine's); it limits the recipes to those safe there. ``optimize``: try
     onnxruntime's transformer fusions (kept only when parity holds).
     ``thresholds``: the parity gates.
     """
@@ -64,11 +69,14 @@ class ExportOptions:
     space: str | None = None
     calib_dir: Path | None = None
     int8_recipe: str = "auto"
+    int8_target: str | None = None
     optimize: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
         parse_targets(self.targets)  # unknown or empty targets stop here, before any work
+        if self.int8_target is not None and self.int8_target not in INT8_TARGETS:
+            raise ValueError(f"unknown int8 target {self.int8_target!r}; choose from {', '.join(INT8_TARGETS)}")
 
     @classmethod
     def create(cls, out: str | Path, targets: str | Sequence[str] = DEFAULT_TARGETS, **settings: Any) -> ExportOptions:
@@ -81,4 +89,4 @@ class ExportOptions:
         return self.name or self.out.name
 
 
-__all__ = ["DEFAULT_TARGETS", "INT8_RECIPES", "ExportOptions", "Thresholds", "parse_targets"]
+__all__ = ["DEFAULT_TARGETS", "INT8_RECIPES", "INT8_TARGETS", "ExportOptions", "Thresholds", "parse_targets"]

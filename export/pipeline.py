@@ -12,6 +12,7 @@ Thresholds are policy: a graph that misses one is never written.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -27,12 +28,13 @@ from crossmodal.errors import ArtifactError
 from crossmodal.manifest import FORMAT_VERSION, BundleInfo, ImagePreprocess, TextSettings, read_bundle
 from crossmodal.variants import EXPORTABLE, get_variant
 
-from . import artifact
+from . import artifact, int8_targets
 from .measure import parity_against
 from .onnx_export import DEFAULT_OPSET, export_onnx, run_torch
 from .optimize import OptimizeResult, optimize_with_parity
 from .options import ExportOptions, Thresholds, parse_targets
 from .parity import Parity, require
+from .progress import Stages, quiet
 from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ class TowerRun:
     raw: Path  # the traced fp32 graph, unfused
     reference: list[list[NDArray]]  # PyTorch outputs per parity input
     optimized: OptimizeResult  # the fastest fp32 graph that keeps parity (``raw`` when no rewrite does)
+    stage: Callable[[str], None] = quiet  # told each step's name as it starts (progress display)
 
     @property
     def folder(self) -> str:
@@ -163,7 +166,8 @@ def _build_int8(run: TowerRun) -> Built:
     # onnxruntime still fuses the int8 graph when it loads it.
     spec = run.spec
     q = quantize_int8(run.raw, run.workdir, spec.tower, run.options.int8_recipe, run.reference, spec.parity_inputs,
-                      spec.calibration_inputs, _timing_feed(spec), run.options.thresholds.int8_min_cosine)
+                      spec.calibration_inputs, _timing_feed(spec), run.options.thresholds.int8_min_cosine,
+                      target=run.options.int8_target, stage=run.stage)
     return Built(q.path, q.parity, quantization={"recipe": q.recipe, **q.settings, "trials": q.trials},
                  summary={"recipe": q.recipe})
 
@@ -208,22 +212,48 @@ def export_tower(
     source: Mapping[str, Any],
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """Export one tower to every target of ``options`` into ``options.out``; returns {variant: parity summary}."""
+    """Export one tower to every target of ``options`` into ``options.out``; returns {variant: parity summary}.
+
+    Prints each stage's name and a rough ETA to stderr (``progress.Stages``).
+    """
     spec.module.eval()
+    stages = Stages(f"export {spec.folder or spec.tower}", planned_stages(spec.tower, options))
+    try:
+        return _export_tower(spec, workdir, options, stages, family=family, space=space, source=source, opset=opset)
+    finally:
+        stages.close()
+
+
+def planned_stages(tower: str, options: ExportOptions) -> list[str]:
+    """The stage names an export of ``tower`` with ``options`` is expected to go through (for the ETA)."""
+    names = ["trace", "fp32 parity and fusions"]
+    if "cpu-int8" in options.targets:
+        target = options.int8_target or int8_targets.machine_target()
+        recipes = int8_targets.candidates(target, tower) if options.int8_recipe == "auto" else (options.int8_recipe,)
+        names += [f"int8 {r}" for r in recipes if options.optimize or not r.endswith("-fused")]
+        names += ["int8 timing"] if len(recipes) > 1 else []
+    names += ["fp16"] if "gpu-fp16" in options.targets else []
+    return names + [f"write {v}" for v in EXPORTABLE if v in options.targets]
+
+
+def _export_tower(spec: TowerSpec, workdir: Path, options: ExportOptions, stages: Stages, *, family: str, space: str,
+                  source: Mapping[str, Any], opset: int) -> dict[str, Any]:
     thresholds = options.thresholds
     folder = spec.folder or spec.tower
+    stages("trace")
     reference = [run_torch(spec.module, feed, spec.input_names) for feed in spec.parity_inputs]
     raw = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names,
                       spec.dynamic_axes, workdir / f"{folder}-raw.onnx", opset=opset)
     # The fp32 gate comes first whatever the targets: a graph that does not
     # reproduce the module in fp32 has no faithful int8 or fp16 form either.
+    stages("fp32 parity and fusions")
     optimized = optimize_with_parity(
         raw, workdir, reference, spec.parity_inputs, _timing_feed(spec),
         spec.ort_optimizer if options.optimize else None, thresholds.fp32_min_cosine, thresholds.fp32_max_abs,
     )
     require(optimized.parity, min_cosine=thresholds.fp32_min_cosine, max_abs=thresholds.fp32_max_abs,
             what=f"{folder} tower cpu-fp32")
-    run = TowerRun(spec, options, workdir, raw, reference, optimized)
+    run = TowerRun(spec, options, workdir, raw, reference, optimized, stage=stages)
 
     tokenizer_json = spec.tokenizer.to_str() if spec.tokenizer is not None else None
     # The smallest parity case is kept next to each graph for `crossmodal verify`.
@@ -233,6 +263,8 @@ def export_tower(
     summary: dict[str, Any] = {}
     for variant in (v for v in EXPORTABLE if v in options.targets):
         recipe = RECIPES[variant]
+        if variant == "gpu-fp16":
+            stages("fp16")
         built = recipe.build(run)
         limits = recipe.limits(thresholds)
         require(built.parity, min_cosine=limits["min_cosine"], max_abs=limits.get("max_abs"),
@@ -243,8 +275,11 @@ def export_tower(
                                   quantization=built.quantization, thresholds=limits)
         fields["extra"] = {**fields["extra"], **built.extra,
                            "secondary_parity": _check_secondary(spec, built.path, reference, variant, limits)}
+        stages(f"write {variant}")
         artifact.write_tower(options.out, folder, variant, built.path, fields, tokenizer_json, case)
         summary[variant] = {**built.summary, **built.parity.to_dict()}
+        del built
+        gc.collect()  # the variant's sessions and graph protos go before the next variant is built
     return summary
 
 
@@ -309,4 +344,4 @@ def random_pixels(batch: int, size: int, seed: int) -> NDArray[np.float32]:
 
 
 __all__ = ["RECIPES", "Built", "ExportOptions", "Recipe", "TowerRun", "TowerSpec", "Thresholds", "export_bundle",
-           "export_tower", "parse_targets", "random_pixels"]
+           "export_tower", "parse_targets", "planned_stages", "random_pixels"]

@@ -23,6 +23,11 @@ Recipes (all keep graph inputs/outputs in fp32/int64):
 - ``qdq``: static QDQ with u8 activations (onnxruntime's s8xs8 kernels have no
   VNNI path) and per-channel s8 weights, calibrated on sample inputs. Usually the
   fastest for the compute-bound image towers.
+- ``dynamic-rr``, ``qdq-rr``: the same with ``reduce_range`` (7-bit weights),
+  which cannot saturate on x86 CPUs without VNNI; ``nbits8-fp32``: MatMulNBits
+  8-bit weights with fp32 arithmetic (``accuracy_level`` 1), exact on every CPU;
+  ``qdq-s8s8``: static QDQ with s8 activations, what ARM kernels prefer.
+  ``int8_targets.py`` says which recipes each ``--int8-target`` allows and why.
 
 ``auto`` builds every candidate for the tower, measures fidelity against the
 PyTorch reference and latency on this machine, and keeps the fastest one that
@@ -47,12 +52,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from numpy.typing import NDArray
 
 from crossmodal.errors import ParityError
 
+from . import int8_targets
+from .int8_targets import base_recipe
 from .measure import parity_against
 from .optimize import FUSED_FILE, compare_latency_ms
 from .options import INT8_RECIPES
@@ -61,21 +68,14 @@ from .parity import Parity
 log = logging.getLogger(__name__)
 
 RECIPES = tuple(r for r in INT8_RECIPES if r != "auto")
-# Tried by ``auto`` only, and only when the fusion step left a fused graph that keeps parity.
-FUSED_RECIPES = {"nbits8-fused": "nbits8", "dynamic-fused": "dynamic", "qdq-fused": "qdq"}
 # Recipes this close in latency are a tie, decided by fidelity.
 LATENCY_TIE = 1.10
 # The fidelity target of issue 7 (min cosine to fp32 on trained weights).
 PREFERRED_MIN_COSINE = 0.995
 # Batch the image tower's recipe is timed at (throughput regime).
 IMAGE_TIMING_BATCH = 16
-AUTO_CANDIDATES = {
-    "text": ("nbits8", "nbits8-qkv-fp32", "nbits8-fused", "dynamic", "dynamic-fused"),
-    # No MatMulNBits for images: at batch 16 the tower is compute-bound and
-    # MatMulNBits measured 1.9x slower than dynamic int8 (1,645 vs 871 ms under load).
-    "image": ("qdq", "qdq-fused", "dynamic", "dynamic-fused"),
-    "rerank": ("nbits8", "nbits8-qkv-fp32", "nbits8-fused", "dynamic"),
-}
+# This machine's candidates per tower (int8_targets.AUTO_CANDIDATES has every target's).
+AUTO_CANDIDATES = int8_targets.AUTO_CANDIDATES[int8_targets.machine_target()]
 # Module-name fragments of attention input projections in HF BERT-style and CLIP-style graphs.
 _QKV_NAMES = ("/query/", "/key/", "/value/", "q_proj", "k_proj", "v_proj", "/qkv/")
 
@@ -143,16 +143,18 @@ def regime_feed(tower: str, feeds: Sequence[Mapping[str, NDArray]], timing_feed:
     return dict(timing_feed)
 
 
-def _nbits8(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], exclude: Sequence[str] = ()) -> dict[str, Any]:
+def _nbits8(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], exclude: Sequence[str] = (),
+            accuracy_level: int = 4) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    settings: dict[str, Any] = {"bits": 8, "block_size": 32, "accuracy_level": 4, "symmetric": True, "ops": ["MatMul"]}
+    settings: dict[str, Any] = {"bits": 8, "block_size": 32, "accuracy_level": accuracy_level, "symmetric": True,
+                                "ops": ["MatMul"]}
     if exclude:
         settings["kept_fp32"] = list(exclude)
     q = MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",),
-        nodes_to_exclude=list(exclude),
+        onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=accuracy_level,
+        op_types_to_quantize=("MatMul",), nodes_to_exclude=list(exclude),
     )
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
@@ -176,15 +178,26 @@ def _nbits8_qkv_fp32(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]
     return _nbits8(src, dst, feeds, exclude=names)
 
 
-def _dynamic(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+def _nbits8_fp32(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+    # accuracy_level 1: int8 weights dequantised in the kernel, fp32 products: no
+    # integer dot product, so nothing can saturate on any CPU.
+    return _nbits8(src, dst, feeds, accuracy_level=1)
+
+
+def _dynamic(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], reduce_range: bool = False) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    settings = {"weights": "int8 per-channel", "activations": "uint8 per-tensor, dynamic", "ops": ["MatMul"]}
+    settings = {"weights": "int7 per-channel (reduce_range)" if reduce_range else "int8 per-channel",
+                "activations": "uint8 per-tensor, dynamic", "ops": ["MatMul"], "reduce_range": reduce_range}
     quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+        op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True},
     )
     return settings
+
+
+def _dynamic_rr(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+    return _dynamic(src, dst, feeds, reduce_range=True)
 
 
 class _Reader:
@@ -197,25 +210,75 @@ class _Reader:
         return next(self._it, None)
 
 
-def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+# Calibration keeps this many intermediate outputs before folding them into ranges:
+# onnxruntime otherwise holds every activation of every calibration batch at once.
+CALIB_MAX_INTERMEDIATE_OUTPUTS = 4
+
+
+def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce_range: bool = False,
+         signed_activations: bool = False) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
+    act = "int8" if signed_activations else "uint8"
     settings = {
-        "format": "QDQ", "activations": "uint8 per-tensor, static (MinMax calibration)",
-        "weights": "int8 per-channel", "ops": ["MatMul", "Conv"], "calibration_batches": len(feeds),
+        "format": "QDQ", "activations": f"{act} per-tensor, static (MinMax calibration)",
+        "weights": "int7 per-channel (reduce_range)" if reduce_range else "int8 per-channel",
+        "ops": ["MatMul", "Conv"], "calibration_batches": len(feeds), "reduce_range": reduce_range,
     }
     quantize_static(
         str(src), str(dst), _Reader(feeds, names), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=["MatMul", "Conv"], calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"MatMulConstBOnly": True},
+        activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
+        per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"MatMulConstBOnly": True, "CalibMaxIntermediateOutputs": CALIB_MAX_INTERMEDIATE_OUTPUTS},
     )
     return settings
 
 
-_BUILDERS = {"nbits8": _nbits8, "nbits8-qkv-fp32": _nbits8_qkv_fp32, "dynamic": _dynamic, "qdq": _qdq}
+def _qdq_rr(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+    return _qdq(src, dst, feeds, reduce_range=True)
+
+
+def _qdq_s8s8(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -> dict[str, Any]:
+    return _qdq(src, dst, feeds, signed_activations=True)
+
+
+_BUILDERS = {"nbits8": _nbits8, "nbits8-qkv-fp32": _nbits8_qkv_fp32, "nbits8-fp32": _nbits8_fp32,
+             "dynamic": _dynamic, "dynamic-rr": _dynamic_rr, "qdq": _qdq, "qdq-rr": _qdq_rr, "qdq-s8s8": _qdq_s8s8}
+# Builders that need symbolic shape inference first (onnxruntime's operator quantisers).
+_NEEDS_SHAPES = frozenset({"dynamic", "dynamic-rr", "qdq", "qdq-rr", "qdq-s8s8"})
+
+
+# A smaller embedding table is kept when it costs at most this much min cosine
+# (int8 rows are tried first, then fp16 rows).
+EMBEDDING_MAX_COSINE_LOSS = 1e-4
+
+
+def _with_small_embeddings(dst: Path, reference: Sequence[Sequence[NDArray]], feeds: Sequence[Mapping[str, NDArray]],
+                           plain: Parity, settings: dict[str, Any], trial: dict[str, Any]) -> Parity:
+    """Store ``dst``'s large embedding tables as int8 or fp16 rows when parity allows; returns the graph's parity."""
+    from .embedding_tables import quantize_embeddings
+
+    emb = dst.with_name(dst.stem + "-emb.onnx")
+    tried = []
+    for kind in ("int8", "fp16"):
+        tables = quantize_embeddings(dst, emb, kind)
+        if not tables:
+            return plain
+        p = parity_against(reference, emb, feeds)
+        tried.append(f"{kind} {p.min_cosine:.6f}")
+        if plain.min_cosine - p.min_cosine <= EMBEDDING_MAX_COSINE_LOSS:
+            emb.replace(dst)
+            settings["embeddings"] = {"format": "int8 rows, fp32 scale per row" if kind == "int8" else "fp16 rows",
+                                      "tables": tables}
+            trial["embeddings"] = f"{kind} (min cosine {plain.min_cosine:.6f} -> {p.min_cosine:.6f})"
+            trial.update(p.to_dict())
+            return p
+    emb.unlink(missing_ok=True)
+    trial["embeddings"] = f"fp32 (min cosine with smaller tables: {', '.join(tried)})"
+    return plain
 
 
 def quantize_int8(
@@ -228,69 +291,101 @@ def quantize_int8(
     calibration: Sequence[Mapping[str, NDArray]],
     timing_feed: Mapping[str, NDArray],
     min_cosine: float,
+    *,
+    target: str | None = None,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> QuantResult:
-    """Build the int8 graph for one tower; ``recipe`` is one of RECIPES or ``auto``."""
-    candidates = AUTO_CANDIDATES.get(tower, ("dynamic",)) if recipe == "auto" else (recipe,)
+    """Build the int8 graph for one tower; ``recipe`` is one of RECIPES or ``auto``.
+
+    ``target`` (an ``--int8-target``; None: this machine's) limits the recipes to
+    those that stay right on that kind of CPU: ``auto`` measures only those, and a
+    named recipe that could saturate there is refused. ``stage`` is told the name
+    of each step (for progress display). Candidate graphs that lose are deleted
+    as soon as they are measured, and at most one onnxruntime session per
+    candidate is open at a time (see ``compare_latency_ms``).
+    """
+    target = target or int8_targets.machine_target()
+    if recipe == "auto":
+        names = int8_targets.candidates(target, tower)
+    else:
+        names = (recipe,)
+        if base_recipe(recipe) in _BUILDERS:
+            int8_targets.check_recipe(recipe, target)
     fused = workdir / FUSED_FILE
     if not fused.is_file() or fused.resolve() == Path(fp32).resolve():
-        candidates = tuple(c for c in candidates if c not in FUSED_RECIPES)
-    unknown = [c for c in candidates if c not in _BUILDERS and c not in FUSED_RECIPES]
+        names = tuple(c for c in names if not c.endswith("-fused"))
+    unknown = [c for c in names if base_recipe(c) not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown int8 recipe {unknown[0]!r}; choose from auto, {', '.join(RECIPES)}")
     trials: list[dict[str, Any]] = []
     built: list[tuple[dict[str, Any], QuantResult]] = []
-    needs_shapes = ("dynamic", "qdq")
-    shaped = _with_shapes(fp32, workdir / f"{tower}-shapes.onnx") if any(c in needs_shapes for c in candidates) else fp32
-    fused_shaped = (_with_shapes(fused, workdir / f"{tower}-fused-shapes.onnx")
-                    if any(FUSED_RECIPES.get(c) in needs_shapes for c in candidates) else fused)
-    for name in candidates:
+    shaped: dict[Path, Path] = {}  # source graph -> its shape-inferred copy, made once
+
+    def source_for(name: str) -> Path:
+        src = fused if name.endswith("-fused") else fp32
+        if base_recipe(name) not in _NEEDS_SHAPES:
+            return src
+        if src not in shaped:
+            shaped[src] = _with_shapes(src, workdir / f"{tower}-{'fused-' if src == fused else ''}shapes.onnx")
+        return shaped[src]
+
+    for name in names:
+        stage(f"int8 {name}")
         dst = workdir / f"{tower}-int8-{name}.onnx"
+        base = base_recipe(name)
         try:
-            if name in FUSED_RECIPES:
-                base = FUSED_RECIPES[name]
-                settings = {**_BUILDERS[base](fused_shaped if base in needs_shapes else fused, dst, calibration or feeds),
-                            "graph": "after the fp32 graph rewrites that kept parity (optimize.py)"}
-                source = fused
-            else:
-                base = name
-                settings = _BUILDERS[name](shaped if name in needs_shapes else fp32, dst, calibration or feeds)
-                source = fp32
-            if base in needs_shapes:
-                _drop_inferred_shapes(dst, source)
+            settings = _BUILDERS[base](source_for(name), dst, calibration or feeds)
+            if name.endswith("-fused"):
+                settings["graph"] = "after the fp32 graph rewrites that kept parity (optimize.py)"
+            if base in _NEEDS_SHAPES:
+                _drop_inferred_shapes(dst, fused if name.endswith("-fused") else fp32)
+            if base in int8_targets.REDUCED_RANGE:
+                # The static guarantee behind avx2/portable: no weight outside onnxruntime's 7-bit range.
+                bound = int8_targets.int8_weight_bound(dst)
+                if bound > int8_targets.REDUCED_WEIGHT_BOUND:
+                    raise ValueError(f"reduce_range graph holds an int8 weight of {bound}")
+                settings["max_abs_int8_weight"] = bound
         except Exception as exc:  # one recipe failing on an op set must not stop the others
             trials.append({"recipe": name, "rejected": f"quantiser failed: {exc!r}"})
+            dst.unlink(missing_ok=True)
             continue
         p = parity_against(reference, dst, feeds)
-        trial = {"recipe": name, **p.to_dict()}
+        trial: dict[str, Any] = {"recipe": name, **p.to_dict()}
+        p = _with_small_embeddings(dst, reference, feeds, p, settings, trial)
         trials.append(trial)
-        built.append((trial, QuantResult(dst, name, p, settings)))
-    regime = regime_feed(tower, feeds, timing_feed)
-    shape = {k: list(v.shape) for k, v in regime.items()}
-    if built:
-        for (trial, _), ms in zip(built, compare_latency_ms([q.path for _, q in built], regime)):
-            trial["ms"] = round(ms, 3)
-            trial["timed_on"] = shape
-    passing: list[tuple[float, QuantResult]] = []
-    for trial, q in built:
-        if q.parity.min_cosine < min_cosine:
-            trial["rejected"] = f"min cosine {q.parity.min_cosine:.5f} < {min_cosine}"
+        if p.min_cosine < min_cosine:
+            trial["rejected"] = f"min cosine {p.min_cosine:.5f} < {min_cosine}"
+            dst.unlink(missing_ok=True)
         else:
-            passing.append((trial["ms"], q))
-        log.info("int8 %s %s: %s", tower, q.recipe, trial)
-    if not passing:
+            built.append((trial, QuantResult(dst, name, p, settings)))
+        log.info("int8 %s %s: %s", tower, name, trial)
+    for tmp in shaped.values():
+        if tmp not in (fp32, fused):
+            tmp.unlink(missing_ok=True)
+    if not built:
         detail = "; ".join(f"{t['recipe']}: {t.get('rejected')}" for t in trials)
         raise ParityError(f"no int8 recipe for the {tower} tower reaches min cosine {min_cosine} ({detail}). "
                           "Nothing was written for cpu-int8; use cpu-fp32 for this model.")
+    if len(built) > 1:  # a single candidate (a named recipe) needs no timing
+        stage("int8 timing")
+        regime = regime_feed(tower, feeds, timing_feed)
+        shape = {k: list(v.shape) for k, v in regime.items()}
+        for (trial, _), ms in zip(built, compare_latency_ms([q.path for _, q in built], regime)):
+            trial["ms"] = round(ms, 3)
+            trial["timed_on"] = shape
+    passing = [(float(trial.get("ms", 0.0)), q) for trial, q in built]
     preferred = [x for x in passing if x[1].parity.min_cosine >= max(min_cosine, PREFERRED_MIN_COSINE)] or passing
     fastest = min(x[0] for x in preferred)
     # Within timing noise of the fastest, the more faithful recipe wins.
     best = max((x for x in preferred if x[0] <= fastest * LATENCY_TIE), key=lambda x: x[1].parity.min_cosine)[1]
     for trial, q in built:
-        if q is not best and "rejected" not in trial:
+        if q is not best:
             faster = trial["ms"] < next(t["ms"] for t, b in built if b is best)
             trial["not_chosen"] = (f"min cosine {q.parity.min_cosine:.5f} < preferred {PREFERRED_MIN_COSINE}"
                                    if faster and q.parity.min_cosine < PREFERRED_MIN_COSINE else
                                    "as fast within 10 %, less faithful" if faster or trial["ms"] <= fastest * LATENCY_TIE
                                    else "slower")
+            q.path.unlink(missing_ok=True)
     best.trials = trials
+    best.settings["isa"] = int8_targets.isa_record(best.recipe, target)
     return best

@@ -1,4 +1,4 @@
-"""The options every family command shares (``--out --targets --name --space --calib --int8-recipe --no-optimize``)."""
+"""The options every family command shares (``--out --targets --name --space --calib --int8-recipe --int8-target --no-optimize``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from crossmodal.variants import EXPORTABLE
 
-from ..options import DEFAULT_TARGETS, INT8_RECIPES, ExportOptions, parse_targets
+from ..options import DEFAULT_TARGETS, INT8_RECIPES, INT8_TARGETS, ExportOptions, parse_targets
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -27,7 +27,11 @@ def add_bundle_arguments(p: argparse.ArgumentParser, *, space_help: str, calib_h
     p.add_argument("--calib", type=Path, help=calib_help)
     p.add_argument("--int8-recipe", default="auto", choices=INT8_RECIPES,
                    help="int8 quantisation recipe; auto measures the candidates and keeps the fastest that "
-                        "meets the fidelity bar (default: %(default)s)")
+                        "meets the fidelity bar; a named recipe skips the search (default: %(default)s)")
+    p.add_argument("--int8-target", choices=INT8_TARGETS,
+                   help="CPUs the int8 graph must stay right on: avx2 (x86 without VNNI: 7-bit weights or fp32 "
+                        "arithmetic, no 16-bit saturation), avx512-vnni, arm64, or portable (any of them); "
+                        "recorded in the manifest (default: this machine's)")
     p.add_argument("--no-optimize", action="store_true",
                    help="skip onnxruntime's transformer fusions (they are kept only when parity holds)")
 
@@ -36,4 +40,4 @@ def bundle_options(args: argparse.Namespace, *, calib_default: Path | None = Non
     """The :class:`ExportOptions` of parsed shared options; ``calib_default`` stands in for a missing ``--calib``."""
     return ExportOptions.create(args.out, args.targets, name=args.name, space=args.space,
                                 calib_dir=args.calib or calib_default, int8_recipe=args.int8_recipe,
-                                optimize=not args.no_optimize)
+                                int8_target=args.int8_target, optimize=not args.no_optimize)
