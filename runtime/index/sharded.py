@@ -76,7 +76,10 @@ class ShardedIndex:
                     "crossmodal.index.sharded.split_index or built by one bundle.")
         self._shards = shards
         self._closed = False
-        workers = min(len(shards), threads if threads is not None else len(shards))
+        # Default: one thread per core at most. An exact shard scan is a BLAS call that already
+        # uses every core; more concurrent calls than cores only contend (measured: 4 threads on
+        # 2 cores were slower than 1, see bench/shard_search.py).
+        workers = min(len(shards), threads if threads is not None else (os.cpu_count() or 1))
         positive_int("threads", workers)
         # One shard needs no pool: its search runs in the caller's thread.
         self._pool = (ThreadPoolExecutor(workers, thread_name_prefix="crossmodal-shards")
@@ -312,7 +315,8 @@ def open_many(paths: Sequence[str | os.PathLike[str]], *, read_only: bool = True
 
     ``read_only`` (default): no writer lock, so each shard can be written by its own writer
     process meanwhile (a reader sees the state of the moment it opened). ``verify``: as
-    :meth:`crossmodal.index.Index.open`. ``threads``: shards searched at once (default: all).
+    :meth:`crossmodal.index.Index.open`. ``threads``: shards searched at once (default: one per
+    CPU core, at most one per shard).
     If one shard cannot be opened or does not match the others, the ones opened are closed.
     """
     if isinstance(paths, (str, os.PathLike)):
