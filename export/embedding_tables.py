@@ -52,6 +52,7 @@ def quantize_embeddings(src: Path, dst: Path, kind: str = "int8", min_elements: 
             users[name] = users.get(name, 0) + 1
     done: list[dict[str, Any]] = []
     nodes: list[Any] = []
+    gather, cast = "Gather", TensorProto.FLOAT
     for n in graph.node:
         table = inits.get(n.input[0]) if n.op_type == "Gather" else None
         axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
@@ -67,9 +68,9 @@ def quantize_embeddings(src: Path, dst: Path, kind: str = "int8", min_elements: 
             graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
                                       numpy_helper.from_array(scale, f"{base}_row_scale")])
             nodes += [
-                helper.make_node("Gather", [f"{base}_int8", n.input[1]], [f"{out}_int8"], name=f"{n.name}_int8", axis=0),
-                helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{n.name}_cast", to=TensorProto.FLOAT),
-                helper.make_node("Gather", [f"{base}_row_scale", n.input[1]], [f"{out}_scale"], name=f"{n.name}_scale",
+                helper.make_node(gather, [f"{base}_int8", n.input[1]], [f"{out}_int8"], name=f"{n.name}_int8", axis=0),
+                helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{n.name}_cast", to=cast),
+                helper.make_node(gather, [f"{base}_row_scale", n.input[1]], [f"{out}_scale"], name=f"{n.name}_scale",
                                  axis=0),
                 helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{n.name}_dequant"),
             ]
@@ -78,8 +79,8 @@ def quantize_embeddings(src: Path, dst: Path, kind: str = "int8", min_elements: 
             half = values.astype(np.float16)
             graph.initializer.append(numpy_helper.from_array(half, f"{base}_fp16"))
             nodes += [
-                helper.make_node("Gather", [f"{base}_fp16", n.input[1]], [f"{out}_fp16"], name=f"{n.name}_fp16", axis=0),
-                helper.make_node("Cast", [f"{out}_fp16"], [out], name=f"{n.name}_cast", to=TensorProto.FLOAT),
+                helper.make_node(gather, [f"{base}_fp16", n.input[1]], [f"{out}_fp16"], name=f"{n.name}_fp16", axis=0),
+                helper.make_node("Cast", [f"{out}_fp16"], [out], name=f"{n.name}_cast", to=cast),
             ]
             stored, nbytes = half.astype(np.float32), half.nbytes
         else:

@@ -23,17 +23,19 @@ copied. The arithmetic that differs between CPUs is the u8 x s8 dot product:
   ``nbits8-fp32`` (``accuracy_level`` 1: int8 weights, fp32 arithmetic) is exact
   everywhere.
 
-Torch-free and cheap: the command line validates ``--int8-target`` with it.
+What this CPU has comes from ``crossmodal.cpu_isa`` (the runtime reads the
+same names back at load and in ``crossmodal verify``). Torch-free and cheap: the
+command line validates ``--int8-target`` with it.
 """
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from crossmodal.cpu_isa import CAPABILITIES, CpuIsa, detect
 
 from .options import INT8_TARGETS
-
 # Base recipes (before any "-fused" suffix) whose integer products cannot
 # saturate on x86 without VNNI: 7-bit weights, or no integer arithmetic at all.
 SATURATION_SAFE: frozenset[str] = frozenset({"dynamic-rr", "qdq-rr", "nbits8-fp32"})
@@ -65,45 +67,19 @@ AUTO_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "avx2": _SAFE_CANDIDATES,
     "portable": _SAFE_CANDIDATES,
 }
-# /proc/cpuinfo flags worth recording: the ones the int8 and fp32 kernels dispatch on.
-ISA_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-             "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
-_VNNI = ("avx512_vnni", "avx_vnni")
-
-
 def base_recipe(name: str) -> str:
     """'dynamic-rr-fused' -> 'dynamic-rr': the recipe without the graph it starts from."""
     return name.removesuffix("-fused")
 
 
-def cpu_capabilities(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """{"arch", "cpu", "capabilities"} of this machine (the ISA flags of :data:`ISA_FLAGS` it has)."""
-    arch = platform.machine() or "unknown"
-    model, flags = "unknown", set()
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and model == "unknown":
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    return {"arch": arch, "cpu": model, "capabilities": [f for f in ISA_FLAGS if f in flags]}
-
-
-def machine_target(caps: Mapping[str, Any] | None = None) -> str:
-    """The --int8-target a machine with ``caps`` (default: this one) stands for."""
-    caps = cpu_capabilities() if caps is None else caps
-    have = set(caps.get("capabilities", ()))
-    if caps.get("arch") in ("aarch64", "arm64"):
+def machine_target(cpu: CpuIsa | None = None) -> str:
+    """The --int8-target a machine with ``cpu`` (default: this one) stands for."""
+    cpu = detect() if cpu is None else cpu
+    if cpu.arch == "arm64":
         return "arm64"
-    if have.intersection(_VNNI):
+    if "avx512_vnni" in cpu.capabilities or "avx_vnni" in cpu.capabilities:  # 32-bit accumulation
         return "avx512-vnni"
-    if "avx2" in have:
+    if "avx2" in cpu.capabilities:
         return "avx2"
     return "portable"
 
@@ -126,23 +102,36 @@ def safe_on(recipe: str, target: str) -> bool:
     return True  # avx512-vnni: VPDPBUSD accumulates in 32 bits
 
 
-def requires(recipe: str, target: str) -> list[str]:
-    """The capabilities a graph made with ``recipe`` for ``target`` needs to stay right and fast."""
+def requires(recipe: str, target: str, cpu: CpuIsa | None = None) -> list[str]:
+    """The capabilities (``crossmodal.cpu_isa`` names) a ``recipe`` graph for ``target`` needs to stay right and fast.
+
+    A full-range u8 x s8 recipe needs 32-bit accumulation: ``vnni`` (AVX-512 VNNI
+    or AVX-VNNI) where ``crossmodal.cpu_isa`` names it, else the VNNI flavour the
+    export machine ``cpu`` has.
+    """
     if target == "portable":
         return []
     if target == "arm64":
-        return ["asimd"]
+        return ["neon"]
     if target == "avx2" or base_recipe(recipe) in SATURATION_SAFE:
         return ["avx2"]
-    return ["avx2", "avx512_vnni"]
+    if "vnni" in CAPABILITIES:
+        return ["avx2", "vnni"]
+    cpu = detect() if cpu is None else cpu
+    vnni = "avx_vnni" if "avx_vnni" in cpu.capabilities and "avx512_vnni" not in cpu.capabilities else "avx512_vnni"
+    return ["avx2", vnni]
 
 
-def isa_record(recipe: str, target: str, measured_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest's ``quantization["isa"]``: where the recipe was measured and where it stays right."""
+def isa_record(recipe: str, target: str, cpu: CpuIsa | None = None) -> dict[str, Any]:
+    """The manifest's ``quantization["isa"]``: where the recipe was measured and where it stays right.
+
+    ``cpu`` is the export machine (default: this one).
+    """
+    cpu = detect() if cpu is None else cpu
     return {
-        "measured_on": dict(cpu_capabilities() if measured_on is None else measured_on),
+        "measured_on": cpu.to_dict(),
         "target": target,
-        "requires": requires(recipe, target),
+        "requires": requires(recipe, target, cpu),
         "reduce_range": base_recipe(recipe) in REDUCED_RANGE,
     }
 
@@ -185,6 +174,5 @@ def int8_weight_bound(path: Path) -> int:
     return bound
 
 
-__all__ = ["AUTO_CANDIDATES", "ISA_FLAGS", "REDUCED_RANGE", "REDUCED_WEIGHT_BOUND", "SATURATION_SAFE", "base_recipe",
-           "candidates", "check_recipe", "cpu_capabilities", "int8_weight_bound", "isa_record", "machine_target",
-           "requires", "safe_on"]
+__all__ = ["AUTO_CANDIDATES", "REDUCED_RANGE", "REDUCED_WEIGHT_BOUND", "SATURATION_SAFE", "base_recipe", "candidates",
+           "check_recipe", "int8_weight_bound", "isa_record", "machine_target", "requires", "safe_on"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from crossmodal.cpu_isa import INT8_TARGETS
 from crossmodal.variants import EXPORTABLE, TABLE
 
 DEFAULT_TARGETS: tuple[str, ...] = ("cpu-fp32", "cpu-int8")
@@ -17,8 +18,8 @@ DEFAULT_TARGETS: tuple[str, ...] = ("cpu-fp32", "cpu-int8")
 # crossmodal.export.quantize and keeps the best one; the others name one recipe
 # (crossmodal.export.int8_targets says which CPUs each one stays right on).
 INT8_RECIPES: tuple[str, ...] = ("auto", "nbits8", "nbits8-fp32", "dynamic", "dynamic-rr", "qdq", "qdq-rr", "qdq-s8s8")
-# The choices of --int8-target: the CPUs an int8 graph must stay right on.
-INT8_TARGETS: tuple[str, ...] = ("avx2", "avx512-vnni", "arm64", "portable")
+# INT8_TARGETS (from crossmodal.cpu_isa, which reads them back): the choices of
+# --int8-target, the CPUs an int8 graph must stay right on.
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,8 @@ def _nbits8_fp32(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]]) -
     return _nbits8(src, dst, feeds, accuracy_level=1)
 
 
-def _dynamic(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], reduce_range: bool = False) -> dict[str, Any]:
+def _dynamic(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]],
+             reduce_range: bool = False) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     settings = {"weights": "int7 per-channel (reduce_range)" if reduce_range else "int8 per-channel",

@@ -17,22 +17,11 @@ ZEN3_FLAGS = "fpu sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni"  # AVX2 only: no 
 ZEN5_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni"
 
 
-def _cpuinfo(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cpuinfo"
-    path.write_text(text, encoding="utf-8")
-    return path
+def _cpu(arch: str, flags: str, model: str = "test CPU"):
+    from crossmodal.cpu_isa import parse_cpuinfo
 
-
-def test_cpu_capabilities_reads_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
-    from crossmodal.export.int8_targets import cpu_capabilities
-
-    x86 = cpu_capabilities(_cpuinfo(tmp_path, f"processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: {ZEN3_FLAGS}\n"
-                                              f"processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: {ZEN3_FLAGS}\n"))
-    assert x86["cpu"] == "AMD EPYC 7B13"
-    assert x86["capabilities"] == ["sse4_1", "avx", "avx2", "fma", "f16c"]  # ISA_FLAGS order, nothing else
-    arm = cpu_capabilities(_cpuinfo(tmp_path, "processor\t: 0\nFeatures\t: fp asimd asimddp i8mm sve\n"))
-    assert arm["capabilities"] == ["asimd", "asimddp", "i8mm", "sve"] and arm["cpu"] == "unknown"
-    assert cpu_capabilities(tmp_path / "missing")["capabilities"] == []
+    key = "Features" if arch == "aarch64" else "flags"
+    return parse_cpuinfo(f"processor\t: 0\nmodel name\t: {model}\n{key}\t\t: {flags}\n", arch)
 
 
 @pytest.mark.parametrize("arch, flags, target", [
@@ -40,12 +29,12 @@ def test_cpu_capabilities_reads_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
     ("x86_64", ZEN5_FLAGS, "avx512-vnni"),
     ("x86_64", "sse4_1 avx avx2 avx_vnni", "avx512-vnni"),  # AVX-VNNI (no AVX-512) accumulates in 32 bits too
     ("x86_64", "sse4_1 avx", "portable"),
-    ("aarch64", "asimd asimddp", "arm64"),
+    ("aarch64", "fp asimd asimddp", "arm64"),
 ])
 def test_machine_target(arch: str, flags: str, target: str) -> None:
-    from crossmodal.export.int8_targets import ISA_FLAGS, machine_target
+    from crossmodal.export.int8_targets import machine_target
 
-    assert machine_target({"arch": arch, "capabilities": [f for f in ISA_FLAGS if f in flags.split()]}) == target
+    assert machine_target(_cpu(arch, flags)) == target
 
 
 def test_every_recipe_without_vnni_is_saturation_safe() -> None:
@@ -73,19 +62,29 @@ def test_named_recipe_unsafe_for_the_target_is_refused() -> None:
         check_recipe("dynamic", "avx2")
 
 
-def test_isa_record_follows_the_contract(tmp_path: Path) -> None:
+def test_isa_record_follows_the_contract() -> None:
+    from crossmodal.cpu_isa import CAPABILITIES, recorded_isa
     from crossmodal.export.int8_targets import isa_record
 
-    zen5 = {"arch": "x86_64", "cpu": "AMD EPYC 9B45", "capabilities": ["avx2", "avx512_vnni"]}
+    zen5 = _cpu("x86_64", ZEN5_FLAGS, "AMD EPYC 9B45")
     rec = isa_record("dynamic-fused", "avx512-vnni", zen5)
-    assert rec == {"measured_on": zen5, "target": "avx512-vnni", "requires": ["avx2", "avx512_vnni"],
+    vnni = "vnni" if "vnni" in CAPABILITIES else "avx512_vnni"
+    assert rec == {"measured_on": zen5.to_dict(), "target": "avx512-vnni", "requires": ["avx2", vnni],
                    "reduce_range": False}
+    assert rec["measured_on"]["cpu"] == "AMD EPYC 9B45" and "avx512_vnni" in rec["measured_on"]["capabilities"]
     assert isa_record("dynamic-rr-fused", "avx2", zen5)["requires"] == ["avx2"]
     assert isa_record("dynamic-rr-fused", "avx2", zen5)["reduce_range"] is True
     assert isa_record("nbits8-fp32", "avx512-vnni", zen5)["requires"] == ["avx2"]  # exact anywhere: no VNNI needed
     assert isa_record("qdq-rr", "portable", zen5)["requires"] == []
-    assert isa_record("nbits8", "arm64", zen5)["requires"] == ["asimd"]
+    assert isa_record("nbits8", "arm64", zen5)["requires"] == ["neon"]
+    # an AVX-VNNI-only CPU accumulates in 32 bits too: it meets the requirement where cpu_isa names "vnni"
+    full_range = isa_record("dynamic", "avx512-vnni", zen5)["requires"]
+    assert vnni == "avx512_vnni" or _cpu("x86_64", "avx2 avx_vnni").missing(full_range) == []
     json.dumps(rec)  # goes into manifest.json as is
+    # the runtime reads it back and finds what a Zen 3 lacks
+    back = recorded_isa({"isa": rec})
+    assert back is not None and _cpu("x86_64", ZEN3_FLAGS).missing(back.requires) == [vnni]
+    assert _cpu("x86_64", ZEN3_FLAGS).missing(isa_record("dynamic-rr", "avx2", zen5)["requires"]) == []
 
 
 def test_options_and_command_line_take_the_target(tmp_path: Path) -> None:
@@ -148,7 +147,9 @@ def test_avx2_target_chooses_a_saturation_safe_recipe_and_records_it(text_graph,
     isa = q.settings["isa"]
     assert isa["target"] == "avx2" and isa["requires"] == ["avx2"]
     assert isa["reduce_range"] is (q.recipe == "dynamic-rr")
-    assert set(isa["measured_on"]) == {"arch", "cpu", "capabilities"}
+    from crossmodal.cpu_isa import detect
+
+    assert isa["measured_on"] == detect().to_dict()
     # the losing candidate's graph is gone; the winner's is there
     assert [p.name for p in tmp_path.glob("text-int8-*.onnx")] == [q.path.name]
     assert int8_weight_bound(q.path) <= 64
