@@ -21,12 +21,19 @@ Run it with ``crossmodal bench`` (``crossmodal bench --help``; needs the
   trained all-MiniLM-L6-v2 through the M-BERT exporter.
 * **Full-size architecture, random weights by default.** The CLIP checkpoint
   is built with transformers' own classes (``CLIPConfig()`` = ViT-B/32 sizes)
-  and OpenAI's real BPE vocabulary; ``--model DIR`` benchmarks a real one.
+  and OpenAI's real BPE vocabulary; ``--model DIR`` benchmarks another one,
+  labelled by its directory only (and as random weights when the harness made it).
+* **Latency as a multiple of this machine's floor** (scenario r,
+  ``crossmodal.bench.roofline``): the CPU's own fp32 / int8 GEMM and memory
+  bandwidth peaks, measured with onnxruntime, against each graph's counted
+  work, so that targets mean the same on any CPU. Every table names the CPU
+  and its int8 capabilities (``crossmodal.cpu_isa``).
 
 Scenarios: (a) towers alone over a batch sweep (text at caption length, never
 padded to 77), (b) JPEG files end to end, (c) text query end to end with top-10
 HNSW search over 10k / 100k / 1M vectors, (d) cold start, (e) peak RSS,
-(f) installed size, (g) int8 fidelity on trained weights.
+(f) installed size, (g) int8 fidelity on trained weights, (h) index recall,
+(r) roofline: peaks and floors.
 
 Outputs in ``--out`` (default ``bench/results``): ``results.json`` (every
 latency of every process, environment, settings), ``results.md`` (tables and

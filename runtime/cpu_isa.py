@@ -17,6 +17,7 @@ Capabilities (the names used in manifests):
 ``avx512f``   x86 AVX-512 foundation
 ``avx512_vnni`` x86 AVX-512 VNNI (u8 x s8 with 32-bit accumulation)
 ``avx_vnni``  x86 AVX-VNNI (the same on 256-bit registers)
+``vnni``      either of the two: what a recipe needs to accumulate u8 x s8 in 32 bits
 ``amx``       x86 AMX tiles with int8 (``amx_tile`` and ``amx_int8``)
 ``neon``      ARM Advanced SIMD (every AArch64 CPU)
 ``dotprod``   ARM SDOT/UDOT (``asimddp``)
@@ -36,7 +37,7 @@ from typing import Any, Iterable, Mapping
 
 from .errors import ArtifactError
 
-CAPABILITIES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "neon", "dotprod")
+CAPABILITIES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "vnni", "amx", "neon", "dotprod")
 INT8_TARGETS = ("avx2", "avx512-vnni", "arm64", "portable")
 CPUINFO = "/proc/cpuinfo"
 
@@ -92,6 +93,8 @@ def derive_capabilities(arch: str, flags: Iterable[str]) -> tuple[str, ...]:
     have = set(flags)
     table = _X86 if arch == "x86_64" else _ARM if arch == "arm64" else {}
     caps = {cap for cap, need in table.items() if all(f in have for f in need)}
+    if caps & {"avx512_vnni", "avx_vnni"}:
+        caps.add("vnni")
     if arch == "arm64":
         caps.add("neon")  # Advanced SIMD is mandatory in AArch64, whatever the kernel lists
     return tuple(c for c in CAPABILITIES if c in caps)

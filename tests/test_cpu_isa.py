@@ -57,7 +57,7 @@ VNNI_RECORD = {"measured_on": {"arch": "x86_64", "cpu": "AMD Ryzen 9 9950X 16-Co
 def test_zen5_has_avx512_vnni_and_avx_vnni() -> None:
     assert ZEN5_ISA.arch == "x86_64"
     assert ZEN5_ISA.model == "AMD Ryzen 9 9950X 16-Core Processor"
-    assert ZEN5_ISA.capabilities == ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+    assert ZEN5_ISA.capabilities == ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "vnni")
     assert ZEN5_ISA.missing(["avx512_vnni"]) == []
     assert "avx512bw" in ZEN5_ISA.flags and ZEN5_ISA.has("avx512bw")  # raw flags answer too
 
@@ -80,6 +80,14 @@ def test_amx_needs_both_tile_and_int8() -> None:
     assert cpu_isa.derive_capabilities("x86_64", ["avx2", "amx_tile", "amx_int8"]) == ("avx2", "amx")
     assert cpu_isa.derive_capabilities("x86_64", ["amx_tile", "amx_bf16"]) == ()
     assert cpu_isa.derive_capabilities("arm64", []) == ("neon",)  # mandatory in AArch64
+    # AVX-VNNI alone (Alder Lake) accumulates in 32 bits too: "vnni" covers both forms.
+    assert cpu_isa.derive_capabilities("x86_64", ["avx2", "avx_vnni"]) == ("avx2", "avx_vnni", "vnni")
+
+
+def test_requirements_may_name_raw_cpuinfo_flags() -> None:
+    # The exporter's `requires` lists flags as /proc/cpuinfo spells them ("asimd" for NEON).
+    assert cpu_isa.parse_cpuinfo(NEOVERSE_N1, "aarch64").missing(["asimd", "asimddp", "i8mm"]) == ["i8mm"]
+    assert ZEN3_ISA.missing(["avx2", "avx512_vnni"]) == ["avx512_vnni"]
 
 
 def test_unreadable_flags_report_nothing_missing() -> None:
@@ -118,13 +126,15 @@ def test_recorded_isa_reads_the_record_and_ignores_old_manifests() -> None:
 
 
 def _bundle_with_isa(src: Path, dst: Path, record: dict | None) -> Path:
+    """A copy of ``src`` whose int8 manifests record ``record`` (None: no record, as before exporters wrote one)."""
     shutil.copytree(src, dst)
-    if record is not None:
-        for tower in ("image", "text"):
-            m = dst / tower / "cpu-int8" / "manifest.json"
-            d = json.loads(m.read_text())
-            d["quantization"] = {**d["quantization"], "isa": record}
-            m.write_text(json.dumps(d))
+    for tower in ("image", "text"):
+        m = dst / tower / "cpu-int8" / "manifest.json"
+        d = json.loads(m.read_text())
+        d["quantization"] = {k: v for k, v in d["quantization"].items() if k != "isa"}
+        if record is not None:
+            d["quantization"]["isa"] = record
+        m.write_text(json.dumps(d))
     return dst
 
 
@@ -173,7 +183,7 @@ def test_no_warning_for_portable_recipes_old_manifests_or_fp32(tiny_clip_bundle:
     monkeypatch.setattr(cpu_isa, "detect", lambda: ZEN3_ISA)
     portable = _bundle_with_isa(tiny_clip_bundle, tmp_path / "p", {**VNNI_RECORD, "target": "portable", "requires": []})
     crossmodal.load(portable, variant="cpu-int8")
-    crossmodal.load(tiny_clip_bundle, variant="cpu-int8")  # exported before the record existed
+    crossmodal.load(_bundle_with_isa(tiny_clip_bundle, tmp_path / "o", None), variant="cpu-int8")  # before the record
     vnni = _bundle_with_isa(tiny_clip_bundle, tmp_path / "v", VNNI_RECORD)
     crossmodal.load(vnni, variant="cpu-fp32")  # the fp32 graph has no int8 recipe
     assert _isa_warnings(fresh_warnings) == []
@@ -197,8 +207,10 @@ def test_verify_reports_this_cpu_and_the_recorded_isa(tiny_clip_bundle: Path, tm
     assert out[-1] == "4 ok, 0 failed"
 
 
-def test_verify_says_when_no_isa_was_recorded(tiny_clip_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["verify", str(tiny_clip_bundle), "--variant", "cpu-int8"]) == 0
+def test_verify_says_when_no_isa_was_recorded(tiny_clip_bundle: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    old = _bundle_with_isa(tiny_clip_bundle, tmp_path / "o", None)
+    assert cli_main(["verify", str(old), "--variant", "cpu-int8"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"CPU here: {cpu_isa.detect().describe()}\n")
     assert out.count("isa: no ISA recorded") == 2

@@ -162,8 +162,8 @@ def test_rows_get_floors_and_the_tables_name_the_cpu() -> None:
     targets = {t["target"]: t for t in result["targets"]}
     img = targets["CLIP image int8 at its best batch: <= 1.5x its int8 floor (issue 15)"]
     txt = targets["CLIP text int8, batch 1, ~12 tokens: <= 3x its floor (issue 15)"]
-    assert img["met"] is False and img["measured"].startswith("2.00x floor at batch 16")
-    assert txt["met"] is True and txt["measured"].startswith("3.00x floor")
+    assert img["met"] is False and img["measured"] == "2.00x floor (batch 16: 50.0 ms, floor 25.0 ms)"
+    assert txt["met"] is True and txt["measured"] == "3.00x floor (12 tokens: 75.0 ms, floor 25.0 ms)"
 
 
 # ---------------------------------------------------------------- honest labels
