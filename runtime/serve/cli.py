@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="index directory to search and add to (created empty when missing); repeat it to search "
                         "several shards of one collection as one index (opened read-only, never created)")
     p.add_argument("--read-only", action="store_true",
-                   help="open the index as a reader: no writer lock, so replicas can share one index (also on "
-                        "read-only storage); POST/DELETE /v1/items answer 403")
+                   help="open the index as a reader: no writer lock, so replicas can share one index; "
+                        "POST/DELETE /v1/items answer 403")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="variant to run (default: cpu-fp32)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                    "0.0.0.0 to accept connections from other machines)")
