@@ -112,6 +112,7 @@ def run_build_ray(args: argparse.Namespace) -> int:
     from ..distributed.importer import import_shards
     from ..distributed.sources import folder_items, is_parquet_list, parquet_items
     from ..distributed.writer import embed_to_shards
+    from ..index.format import relative_item_path
     from ..variants import DEFAULT_VARIANT
 
     if args.captions:
@@ -131,6 +132,9 @@ def run_build_ray(args: argparse.Namespace) -> int:
     idx = _open_or_create(args, info, variant, root)
     progress = not args.no_progress
     try:
+        if root is None and idx.root is not None:
+            for it in items:  # a listed file outside the index root: refused before anything is embedded
+                relative_item_path(it.path, idx.root)
         try:
             run = embed_to_shards(items, args.bundle, shards_dir, variant=variant, shard_size=args.shard_size,
                                   batch_size=args.batch_size, concurrency=args.actors, num_cpus=args.cpus_per_actor,

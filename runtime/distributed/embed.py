@@ -203,6 +203,10 @@ def embed_dataset(ds: Any, bundle: str | os.PathLike[str], *, variant: str = DEF
     embed ``batch_size`` rows per call, holding ``num_cpus`` CPUs and ``threads``
     onnxruntime threads each (default: ``num_cpus``, at least 1).
 
+    Leave CPUs for the tasks that produce ``ds`` (e.g. ``read_binary_files``): actors that
+    hold every CPU of the cluster starve them and the dataset hangs (Ray issue 44687). A
+    dataset already in memory (``from_items``, ``from_arrow``) has no such tasks.
+
     ``vector`` is a fixed-size list of float32 (L2-normalised, the bundle's dim), null
     where ``error`` says why the item could not be embedded; ``key`` is the index key of
     the content (null when the file could not be read).
