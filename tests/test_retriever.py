@@ -254,7 +254,7 @@ def test_caption_fusion_scores_candidates_outside_a_list_by_its_last_score(tmp_p
 
 
 def test_hybrid_merges_keyword_and_vector_hits_by_rrf(captioned: Any) -> None:
-    r, q, v = captioned
+    r, q, _ = captioned
     plain = r.search_text("lighthouse", k=2, vectors=q[None])
     assert [Path(h.path).name for h in plain] == ["a.png", "b.png"]
     kw = r.index.keyword_search("lighthouse", 5)
@@ -406,3 +406,17 @@ def test_search_command_ranking_flags_need_a_text_query(example_index: Path,
     got = _search(capsys, str(example_index), "--image", str(EXAMPLES / "red_circle.png"), "-k", "2",
                   "--path-prefix", str(EXAMPLES / "red"))
     assert [Path(r["path"]).name for r in got["results"]] == ["red_circle.png"]  # filters apply to image queries
+
+
+def test_rerank_rescores_the_fused_ranking(captioned: Any) -> None:
+    r, q, v = captioned
+    rr = Retriever(r.encoder, r.index, reranker=FakeReranker({"a.png": 0.0, "b.png": 1.0}))
+    fused = r.search_text("q", k=2, vectors=q[None], fuse="captions")
+    # ITM prefers b, as fusion does: order kept, each hit keeps its fused score and gains its ITM score
+    hits = rr.search_text("q", k=2, rerank=2, vectors=q[None], fuse="captions")
+    assert [h.key for h in hits] == [h.key for h in fused] and [h.itm_score for h in hits] == [1.0, 0.0]
+    assert [h.score for h in hits] == pytest.approx([h.score for h in fused])
+    flipped = Retriever(r.encoder, r.index, reranker=FakeReranker({"a.png": 1.0, "b.png": 0.0}))
+    top = flipped.search_text("q", k=1, rerank=2, vectors=q[None], fuse="captions")
+    assert [Path(h.path).name for h in top] == ["a.png"]  # type: ignore[arg-type]
+    assert top[0].score == pytest.approx(float(q @ v["a"]), abs=1e-5)  # a's fused score: no caption, its cosine

@@ -694,6 +694,8 @@ def captioned_index(enc: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Path, enc: Any,
                                                            captioned_index: Path, tmp_path: Path) -> None:
+    import json
+
     idx_path = _copy_index(captioned_index, tmp_path / "idx")
     prefix = str(EXAMPLES / "s")
     with Index.open(idx_path, read_only=True) as idx:
@@ -733,7 +735,7 @@ def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Pat
             same(got.json(), want["w"])
             got = await c.post("/v1/search", files={"image": ("q.png", (EXAMPLES / "stop_sign.png").read_bytes(),
                                                               "image/png")},
-                               data={"k": "5", "filter": '{"path_prefix": "%s"}' % prefix})
+                               data={"k": "5", "filter": json.dumps({"path_prefix": prefix})})
             assert got.status_code == 200, got.text
             assert {Path(h["path"]).name[0] for h in got.json()["hits"]} == {"s"}
             for bad, code, words in (
