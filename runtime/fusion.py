@@ -28,7 +28,7 @@ T = TypeVar("T")  # a float or a numpy array of them
 FUSE_MODES = ("weighted", "rrf")
 # Equal trust in the image and its best caption: no real checkpoint or dataset is available
 # here to tune w on, and 0.5 is the value that assumes neither signal is better. Because of
-# CLIP's modality gap (text -> text cosines run ~2x text -> image ones) the caption term
+# CLIP's modality gap (text -> text cosines run well above text -> image ones) the caption term
 # dominates the spread at 0.5 already; a larger w mostly ranks by caption alone. Tune it
 # with `crossmodal eval --fuse captions --fuse-weight W` on your own data (README, Caption fusion).
 DEFAULT_FUSE_WEIGHT = 0.5
