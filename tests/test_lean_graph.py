@@ -130,17 +130,20 @@ def test_int8_text_graph_stores_its_token_table_small(tower) -> None:
 def test_progress_names_stages_and_estimates_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
     from crossmodal.export import progress
 
-    clock = iter([0.0, 0.0, 10.0, 10.0, 20.0, 20.0, 20.0])
+    clock = iter([0.0, 0.0, 15.0, 15.0, 25.0, 25.0, 25.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress, "peak_rss_gb", lambda: 1.25)
     out = io.StringIO()
-    stages = progress.Stages("export text", ["trace", "int8 dynamic", "write cpu-int8", "extra"], stream=out)
+    stages = progress.Stages("export text", ["trace", "int8 dynamic", "write cpu-int8", "int8 timing"], stream=out)
     stages("trace")
     stages("int8 dynamic")
     stages("write cpu-int8")
     lines = out.getvalue().splitlines()
-    assert lines[0] == "[export text] trace (1/4, 0:00 elapsed)"
-    assert lines[1] == "[export text] int8 dynamic (2/4, 0:10 elapsed, ~0:30 left)"  # 10 s a stage, 3 to go
-    assert lines[2] == "[export text] write cpu-int8 (3/4, 0:20 elapsed, ~0:20 left)"
+    assert lines[0] == "[export text] trace (1/4, 0:00 elapsed, peak RSS 1.2 GB)"
+    # trace (weight 1.5) took 15 s: 10 s a unit, and int8 (1) + write (0.5) + int8 (1) are left
+    assert lines[1] == "[export text] int8 dynamic (2/4, 0:15 elapsed, ~0:25 left, peak RSS 1.2 GB)"
+    # 25 s for 2.5 units; write (0.5) + timing (1) left
+    assert lines[2] == "[export text] write cpu-int8 (3/4, 0:25 elapsed, ~0:15 left, peak RSS 1.2 GB)"
 
 
 @pytest.mark.export  # imports the pipeline (torch)
