@@ -215,7 +215,10 @@ class MetaStore:
                 chunk = list(image_keys[start:start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
                 out.extend(self.conn.execute(
-                    "SELECT i.key, t.key, t.caption FROM items i JOIN items t ON t.tower = 'text' AND t.path = i.path "
+                    # Without the hint SQLite reaches the caption side through the primary key (tower, key) and
+                    # scans every text row per image: 3.7 s for 200 keys at 20k captions, 6 ms with it.
+                    "SELECT i.key, t.key, t.caption FROM items i JOIN items t INDEXED BY items_path "
+                    "ON t.tower = 'text' AND t.path = i.path "
                     f"WHERE i.tower = 'image' AND i.key IN ({marks}) AND t.caption IS NOT NULL ORDER BY i.key, t.key",
                     chunk))
         return out
