@@ -164,7 +164,8 @@ def roofline_section(roof: dict[str, Any], caption: list[str]) -> list[str]:
              f"(Add over {p['detail'].get('bandwidth_array_mib')} MiB, bytes read + written). Floor = int8 FLOPs / int8 "
              "peak + fp32 FLOPs / fp32 peak + weight bytes / bandwidth; FLOPs and weight bytes counted from the graph "
              "that runs, at the case's shapes (crossmodal.bench.roofline). The (a) table gives every latency as a "
-             "multiple of its floor.", "",
+             "multiple of its floor (torch fp32 against the fp32 graph's floor: the same arithmetic; none for bf16 "
+             "autocast).", "",
              "| fp32 GEMM GFLOP/s | int8 GEMM GOP/s | bandwidth GB/s | threads |", "|---:|---:|---:|---:|",
              f"| {p['fp32_gflops']:.0f} | {p['int8_gops']:.0f} | {p['bandwidth_gbs']:.1f} | {p['threads']} |", "",
              "| tower | variant | batch | tokens | int8 GFLOP | fp32 GFLOP | weight MB read | floor ms |",
