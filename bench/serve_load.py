@@ -17,16 +17,17 @@ does), ``direct`` (the library called in one process from as many threads as the
 are clients: no HTTP, no cross-request batching; at 1 client the difference to
 ``serve`` is the server's overhead), and on (d) ``infinity-torch``.
 
-Then the overload run: requests at ``--overload-factor`` (4) x the best throughput
+Then the overload run: requests at ``overload_factor`` (4) x the best throughput
 ``serve`` sustained, for ``--overload-seconds`` (30), open loop, against a server
 whose queue holds about two seconds of work: it must not crash, must answer every
 request it accepted, answer 429 fast, and keep its memory bounded.
 
 Every loop is bounded by time and by a request count. CLIP ViT-B/32 has random
 weights here: latency does not depend on weight values (same shapes, same
-operations), so the figures hold for the trained model. Outputs in ``--out``:
-``serve.json`` (every figure plus the environment), ``serve.md`` (tables, the
-targets) and ``serve.png`` (throughput and p99 against concurrency).
+operations), so the figures hold for the trained model; (a)-(c) run its cpu-int8
+variant (``--variant``). Outputs in ``--out``: ``serve.json`` (every figure plus
+the environment), ``serve.md`` (tables, the targets) and ``serve.png``
+(throughput and p99 against concurrency).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class LoadConfig:
     photo_size: tuple[int, int] = (1600, 1200)
     bundle: Path | None = None
     model: str | None = None
+    variant: str = "cpu-int8"
     minilm: bool = True
     minilm_dir: Path | None = None
     minilm_variants: tuple[str, ...] = ("cpu-int8", "cpu-fp32")
@@ -104,7 +106,12 @@ def query_pool(n: int = 2000) -> list[str]:
 
 
 def build_index(folder: Path, bundle: Path, n: int, seed: int = 11) -> Path:
-    """A crossmodal index of ``n`` random unit vectors in ``bundle``'s space (cached by size and space)."""
+    """A crossmodal index of ``n`` random unit vectors in ``bundle``'s space (cached by size and space).
+
+    Up to 2**26 / dim vectors (131k at 512-d) the index answers by an exact scan, so its
+    HNSW graph is built light (the benchmark fixtures' settings): with the index defaults,
+    inserting 100k random 512-d vectors takes most of an hour on 2 busy cores.
+    """
     import shutil
 
     import numpy as np
@@ -126,7 +133,10 @@ def build_index(folder: Path, bundle: Path, n: int, seed: int = 11) -> Path:
             pass
         shutil.rmtree(path)
     folder.mkdir(parents=True, exist_ok=True)
-    idx = Index.create(path, bundle=info)
+    from .fixtures import INDEX_SETTINGS
+
+    idx = Index.create(path, bundle=info, connectivity=INDEX_SETTINGS["connectivity"],
+                       expansion_add=INDEX_SETTINGS["expansion_add"])
     try:
         chunk = 20_000
         for start in range(0, n, chunk):
@@ -243,10 +253,10 @@ class Bench:
     def clip_engines(self) -> None:
         c = self.cfg
         assert self.bundle is not None
-        index_args = ["--index", str(self.index)] if self.index else []
+        index_args = ["--variant", c.variant] + (["--index", str(self.index)] if self.index else [])
         for engine, extra in (("serve", []), ("serve-batch1", ["--max-batch", "1"])):
             c.log(f"{engine}: starting crossmodal serve {' '.join(extra)} ...")
-            server = start_crossmodal(engine, self.bundle, [*index_args, *extra], log_dir=c.out / "logs",
+            server = start_crossmodal(engine, self.bundle, [*index_args, *extra], log_dir=c.work / "logs",
                                       threads=c.threads)
             try:
                 for w in c.workloads:
@@ -256,7 +266,8 @@ class Bench:
                 if code not in (0, None):
                     self.notes.append(f"{engine} exited with code {code} on SIGTERM")
         for w in c.workloads:
-            self.measure(w, "direct", None, direct={"bundle": str(self.bundle), "index": str(self.index or "")})
+            self.measure(w, "direct", None, direct={"bundle": str(self.bundle), "index": str(self.index or ""),
+                                                    "variant": c.variant})
 
     def minilm(self) -> None:
         from .fidelity import default_model, export_text_bundle
@@ -270,7 +281,7 @@ class Bench:
         bundle = export_text_bundle(model_dir, c.work / "text-minilm")
         for variant in c.minilm_variants:
             engine = f"serve-{variant}"
-            server = start_crossmodal(f"minilm-{engine}", bundle, ["--variant", variant], log_dir=c.out / "logs",
+            server = start_crossmodal(f"minilm-{engine}", bundle, ["--variant", variant], log_dir=c.work / "logs",
                                       threads=c.threads)
             try:
                 self.measure("text", engine, server, group="minilm")
@@ -289,7 +300,7 @@ class Bench:
         for engine in c.infinity_engines:
             c.log(f"infinity ({engine} backend): starting ...")
             try:
-                server = start_infinity(venv, model_dir, engine=engine, log_dir=c.out / "logs", threads=c.threads)
+                server = start_infinity(venv, model_dir, engine=engine, log_dir=c.work / "logs", threads=c.threads)
             except ServerError as e:
                 self.notes.append(f"infinity --engine {engine} did not start: {str(e).splitlines()[-1][:300]}")
                 continue
@@ -310,12 +321,12 @@ class Bench:
             # A queue of about two seconds of work: a client waits at most that long before it is
             # answered, and a 429 tells the rest to come back instead of piling up.
             queue = max(8, int(2 * best))
-            args = ["--max-queue", str(queue), "--max-inputs", str(min(queue, 256))]
+            args = ["--variant", c.variant, "--max-queue", str(queue), "--max-inputs", str(min(queue, 256))]
             if self.index:
                 args += ["--index", str(self.index)]
             c.log(f"overload ({w}): {rate:.0f} req/s = {c.overload_factor:g} x {best:.1f} for {c.overload_seconds:g} s, "
                   f"--max-queue {queue} ...")
-            server = start_crossmodal(f"overload-{w}", self.bundle, args, log_dir=c.out / "logs", threads=c.threads)
+            server = start_crossmodal(f"overload-{w}", self.bundle, args, log_dir=c.work / "logs", threads=c.threads)
             try:
                 idle = RssSampler(server.proc.pid).rss_mb()
                 job = {"mode": "open", "workload": w, "rate": rate, "seconds": c.overload_seconds,
@@ -383,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, help="cache of models, photos, indexes, the infinity venv (default bench/results/.work)")
     p.add_argument("--bundle", type=Path, help="an exported CLIP bundle to serve (default: full-size ViT-B/32, random weights)")
     p.add_argument("--model", help="a CLIP checkpoint to export instead of the random-weight ViT-B/32")
+    p.add_argument("--variant", default="cpu-int8", help="bundle variant for (a)-(c) (default cpu-int8)")
     p.add_argument("--threads", type=int, default=2, help="inference threads per engine (default 2)")
     p.add_argument("--concurrency", type=_ints, help="concurrent clients (default 1,4,16,64)")
     p.add_argument("--seconds", type=float, help="measured seconds per point (default 8)")
@@ -399,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, command: str) -> LoadConfig:
     work = args.work or Path("bench/results/.work")
-    kw: dict[str, Any] = {"threads": args.threads, "bundle": args.bundle, "model": args.model, "command": command}
+    kw: dict[str, Any] = {"threads": args.threads, "bundle": args.bundle, "model": args.model, "command": command,
+                          "variant": args.variant}
     for name in ("concurrency", "seconds", "index_size", "overload_seconds", "infinity_venv"):
         if getattr(args, name, None) is not None:
             kw[name] = getattr(args, name)
