@@ -38,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,25 +203,34 @@ class Bench:
                 "warmup_s": c.warmup_s, "max_requests": c.max_requests, "texts": self.texts, "photos": self.photos,
                 "threads": c.threads, "timeout_s": 60.0, **kw}
 
-    def measure(self, workload: str, engine: str, server: Server | None, *, group: str | None = None,
-                direct: dict[str, Any] | None = None) -> None:
+    def measure(self, workload: str, engine: str, server: Server | None, conc: int, *, group: str | None = None,
+                direct: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One point: ``conc`` clients against ``server`` (or the library in-process when None)."""
+        if server is not None:
+            job = self.job(workload, conc, url=server.url, model=server.model)
+        else:
+            job = self.job(workload, conc, target="direct", **(direct or {}))
+        timeout = self.cfg.warmup_s + self.cfg.seconds + 180
+        res, rss = run_client(job, watch_pid=server.proc.pid if server else None, threads=self.cfg.threads,
+                              timeout=timeout)
+        row = {"group": group or workload, "workload": workload, "engine": engine, "concurrency": conc,
+               "peak_rss_mb": rss, **res}
+        self.rows.append(row)
+        thr = row.get("throughput")
+        self.cfg.log(f"  {group or workload:7s} {engine:15s} c={conc:<3d} "
+                     f"{(thr or 0):8.1f} req/s  p50 {row.get('p50_ms', 0):7.1f} ms  "
+                     f"p99 {row.get('p99_ms', 0):7.1f} ms  errors {row['errors']}  RSS {rss:.0f} MiB")
+        if server is not None and not server.alive():
+            raise ServerError(f"{server.name} died during the {workload} run:\n{server.log_tail()}")
+        return row
+
+    def sweep(self, workload: str, engines: Sequence[tuple[str, Server | None]], *, group: str | None = None,
+              direct: dict[str, Any] | None = None) -> None:
+        """Every concurrency level, the engines back to back at each level: load from other work
+        on the machine then hits the engines a ratio compares alike."""
         for conc in self.cfg.concurrency:
-            if server is not None:
-                job = self.job(workload, conc, url=server.url, model=server.model)
-            else:
-                job = self.job(workload, conc, target="direct", **(direct or {}))
-            timeout = self.cfg.warmup_s + self.cfg.seconds + 180
-            res, rss = run_client(job, watch_pid=server.proc.pid if server else None, threads=self.cfg.threads,
-                                  timeout=timeout)
-            row = {"group": group or workload, "workload": workload, "engine": engine, "concurrency": conc,
-                   "peak_rss_mb": rss, **res}
-            self.rows.append(row)
-            thr = row.get("throughput")
-            self.cfg.log(f"  {group or workload:7s} {engine:15s} c={conc:<3d} "
-                         f"{(thr or 0):8.1f} req/s  p50 {row.get('p50_ms', 0):7.1f} ms  "
-                         f"p99 {row.get('p99_ms', 0):7.1f} ms  errors {row['errors']}  RSS {rss:.0f} MiB")
-            if server is not None and not server.alive():
-                raise ServerError(f"{server.name} died during the {workload} run:\n{server.log_tail()}")
+            for engine, server in engines:
+                self.measure(workload, engine, server, conc, group=group, direct=direct)
         self.checkpoint()
 
     def checkpoint(self) -> None:
@@ -254,20 +264,24 @@ class Bench:
         c = self.cfg
         assert self.bundle is not None
         index_args = ["--variant", c.variant] + (["--index", str(self.index)] if self.index else [])
-        for engine, extra in (("serve", []), ("serve-batch1", ["--max-batch", "1"])):
-            c.log(f"{engine}: starting crossmodal serve {' '.join(extra)} ...")
-            server = start_crossmodal(engine, self.bundle, [*index_args, *extra], log_dir=c.work / "logs",
-                                      threads=c.threads)
-            try:
-                for w in c.workloads:
-                    self.measure(w, engine, server)
-            finally:
-                code = server.stop()
-                if code not in (0, None):
-                    self.notes.append(f"{engine} exited with code {code} on SIGTERM")
-        for w in c.workloads:
-            self.measure(w, "direct", None, direct={"bundle": str(self.bundle), "index": str(self.index or ""),
-                                                    "variant": c.variant})
+        with ExitStack() as stack:
+            servers: list[tuple[str, Server | None]] = []
+            for engine, extra in (("serve", []), ("serve-batch1", ["--max-batch", "1"])):
+                c.log(f"{engine}: starting crossmodal serve {' '.join(index_args + extra)} ...")
+                server = start_crossmodal(engine, self.bundle, [*index_args, *extra], log_dir=c.work / "logs",
+                                          threads=c.threads)
+                stack.callback(self._stop, server)
+                servers.append((engine, server))
+            # Idle servers cost no CPU (their threads wait on queues), so both stay up and
+            # every concurrency level is measured on all engines within seconds.
+            direct = {"bundle": str(self.bundle), "index": str(self.index or ""), "variant": c.variant}
+            for w in c.workloads:
+                self.sweep(w, [*servers, ("direct", None)], direct=direct)
+
+    def _stop(self, server: Server) -> None:
+        code = server.stop()
+        if code not in (0, None):
+            self.notes.append(f"{server.name} exited with code {code} on SIGTERM")
 
     def minilm(self) -> None:
         from .fidelity import default_model, export_text_bundle
@@ -279,14 +293,15 @@ class Bench:
             return
         c.log("exporting all-MiniLM-L6-v2 text-only (crossmodal export mbert; cached) ...")
         bundle = export_text_bundle(model_dir, c.work / "text-minilm")
-        for variant in c.minilm_variants:
-            engine = f"serve-{variant}"
-            server = start_crossmodal(f"minilm-{engine}", bundle, ["--variant", variant], log_dir=c.work / "logs",
-                                      threads=c.threads)
-            try:
-                self.measure("text", engine, server, group="minilm")
-            finally:
-                server.stop()
+        with ExitStack() as stack:
+            servers: list[tuple[str, Server | None]] = []
+            for variant in c.minilm_variants:
+                engine = f"serve-{variant}"
+                server = start_crossmodal(f"minilm-{engine}", bundle, ["--variant", variant],
+                                          log_dir=c.work / "logs", threads=c.threads)
+                stack.callback(self._stop, server)
+                servers.append((engine, server))
+            self.sweep("text", servers, group="minilm")
         if not c.infinity:
             return
         venv = c.infinity_venv or c.work / "infinity-venv"
@@ -305,7 +320,7 @@ class Bench:
                 self.notes.append(f"infinity --engine {engine} did not start: {str(e).splitlines()[-1][:300]}")
                 continue
             try:
-                self.measure("infinity", f"infinity-{engine}", server, group="minilm")
+                self.sweep("infinity", [(f"infinity-{engine}", server)], group="minilm")
             finally:
                 server.stop()
 
