@@ -11,6 +11,8 @@
 * :mod:`~crossmodal.index.format`: the on-disk names, settings, keys and header;
 * :mod:`~crossmodal.index.meta`: the SQLite metadata store (items, add journal, state, FTS tables);
 * :mod:`~crossmodal.index.recovery`: what ``open`` does after a crash;
+* :mod:`~crossmodal.index.sharded`: :class:`ShardedIndex` / :func:`open_many`, several indexes searched
+  as one (top-k merged), and :func:`split_index`;
 * :mod:`~crossmodal.index.crash_points`: the steps of add/save the kill tests stop at;
 * :mod:`~crossmodal.index.native_imports`: the one way to import usearch (after onnxruntime).
 
@@ -43,6 +45,7 @@ from .format import (
     vectors_file,
 )
 from .records import ItemRecord, SearchResult
+from .sharded import ShardedIndex, open_many, split_index
 from .store import Index
 
 
@@ -56,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Index", "SearchResult", "ItemRecord", "Filter", "FILTER_FIELDS", "RecallReport", "bench_recall", "content_key", "text_key",
+    "Index", "ShardedIndex", "open_many", "split_index", "SearchResult", "ItemRecord", "Filter", "FILTER_FIELDS", "RecallReport", "bench_recall", "content_key", "text_key",
     "key_from_sha256", "vectors_file", "FORMAT_VERSION", "HEADER_FILE", "META_FILE", "LOCK_FILE",
     "WRITER_LOCK_FILE", "METRICS", "DTYPES", "TOWERS", "KEY_MASK", "DEFAULT_CONNECTIVITY",
     "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "EXACT_SCAN_BUDGET", "default_exact_threshold",
