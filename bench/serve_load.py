@@ -263,7 +263,8 @@ class Bench:
     def clip_engines(self) -> None:
         c = self.cfg
         assert self.bundle is not None
-        index_args = ["--variant", c.variant] + (["--index", str(self.index)] if self.index else [])
+        # Readers: both servers search the one index (a writable index has a single writer).
+        index_args = ["--variant", c.variant] + (["--index", str(self.index), "--read-only"] if self.index else [])
         with ExitStack() as stack:
             servers: list[tuple[str, Server | None]] = []
             for engine, extra in (("serve", []), ("serve-batch1", ["--max-batch", "1"])):
@@ -338,7 +339,7 @@ class Bench:
             queue = max(8, int(2 * best))
             args = ["--variant", c.variant, "--max-queue", str(queue), "--max-inputs", str(min(queue, 256))]
             if self.index:
-                args += ["--index", str(self.index)]
+                args += ["--index", str(self.index), "--read-only"]
             c.log(f"overload ({w}): {rate:.0f} req/s = {c.overload_factor:g} x {best:.1f} for {c.overload_seconds:g} s, "
                   f"--max-queue {queue} ...")
             server = start_crossmodal(f"overload-{w}", self.bundle, args, log_dir=c.work / "logs", threads=c.threads)
