@@ -14,6 +14,7 @@ out of range, items without a file.
 
 from __future__ import annotations
 
+import os
 import io
 import shutil
 import subprocess
@@ -73,7 +74,10 @@ def expected(tiny_clip_bundle: Path, photo_index: Path) -> dict[str, Any]:
 
 def _driver(tmp_path: Path) -> Any:
     if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
-        pytest.skip("chromium is not installed: apt-get install -y chromium chromium-driver")
+        missing = "chromium is not installed: apt-get install -y chromium chromium-driver"
+        if os.environ.get("CROSSMODAL_REQUIRE_BROWSER"):  # CI installs it: a missing browser there is a failure
+            pytest.fail(missing)
+        pytest.skip(missing)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
