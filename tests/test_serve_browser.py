@@ -14,8 +14,8 @@ out of range, items without a file.
 
 from __future__ import annotations
 
-import os
 import io
+import os
 import shutil
 import subprocess
 import sys
