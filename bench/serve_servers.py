@@ -143,6 +143,7 @@ def start_infinity(venv: Path, model_dir: Path, *, engine: str, log_dir: Path, t
                    batch_size: int = 32, timeout: float = 600.0) -> Server:
     """infinity serving ``model_dir`` with ``engine`` (torch | optimum), ready (model warmed up)."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    venv, model_dir = venv.resolve(), model_dir.resolve()  # it runs in log_dir: no relative paths
     log_path = log_dir / f"infinity-{engine}.log"
     port = free_port()
     cmd = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", str(model_dir), "--served-model-name", "minilm",
