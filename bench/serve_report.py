@@ -18,6 +18,8 @@ TITLES = {
     "search": "(c) Text search: one short text per request, POST /v1/search top-10",
     "minilm": "(d) all-MiniLM-L6-v2 (trained), one text per request: crossmodal serve vs infinity",
 }
+SHORT_TITLES = {"text": "(a) text embeddings", "image": "(b) JPEG 1600x1200 embeddings",
+                "search": "(c) text search, 100k vectors", "minilm": "(d) MiniLM: crossmodal vs infinity"}
 ENGINE_NOTES = {
     "serve": "crossmodal serve, dynamic batching (defaults)",
     "serve-batch1": "crossmodal serve --max-batch 1 (batching off)",
@@ -62,7 +64,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             added = s["p50_ms"] - d["p50_ms"]
             out.append({"target": f"{group}, 1 client: the server adds <= {TARGET_OVERHEAD_MS:g} ms p50 over the "
                                   "direct library call",
-                        "figure": f"+{added:.2f} ms ({s['p50_ms']:.2f} vs {d['p50_ms']:.2f} ms)",
+                        "figure": f"{added:+.2f} ms ({s['p50_ms']:.2f} vs {d['p50_ms']:.2f} ms)",
                         "met": bool(added <= TARGET_OVERHEAD_MS)})
     inf = _row(rows, "minilm", "infinity-torch", TARGET_CLIENTS)
     for engine in ("serve-cpu-int8", "serve-cpu-fp32"):
@@ -164,8 +166,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
             xs = [p[0] for p in pts if p[1]]
             axes[0][col].plot(xs, [p[1] for p in pts if p[1]], marker="o", label=engine)
             axes[1][col].plot(xs, [p[2] for p in pts if p[1]], marker="o", label=engine)
-        axes[0][col].set_title(TITLES[group].split(":")[0] + ": " + {"text": "text embeddings", "image": "JPEG 1600x1200",
-                               "search": "text search, 100k", "minilm": "MiniLM vs infinity"}[group], fontsize=10)
+        axes[0][col].set_title(SHORT_TITLES[group], fontsize=10)
         for ax in (axes[0][col], axes[1][col]):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrent clients")
