@@ -122,10 +122,12 @@ async def _closed_loop(send: Callable[[int], Awaitable[int]], job: dict[str, Any
 
     async def client_loop() -> None:
         nonlocal issued
-        while time.perf_counter() < t_end and issued < max_requests:
+        measured = False  # each client finishes at least one measured request, even on a slow machine
+        while (time.perf_counter() < t_end or not measured) and issued < max_requests:
             i = issued
             issued += 1
             t0 = time.perf_counter()
+            measured = t0 >= t_measure
             try:
                 status = await send(i)
             except Exception:  # noqa: BLE001 - connection errors and timeouts are counted, not raised
@@ -219,13 +221,15 @@ def _closed_direct(job: dict[str, Any]) -> dict[str, Any]:
     t_end = t_measure + float(job["seconds"])
 
     def client_loop() -> None:
-        while time.perf_counter() < t_end:
+        measured = False  # each client finishes at least one measured request, even on a slow machine
+        while time.perf_counter() < t_end or not measured:
             with lock:
                 if issued[0] >= max_requests:
                     return
                 i = issued[0]
                 issued[0] += 1
             t0 = time.perf_counter()
+            measured = t0 >= t_measure
             call(i)
             records.append((t0, time.perf_counter(), 200))
 
