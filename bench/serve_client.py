@@ -33,8 +33,11 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-# A request that failed without an HTTP status (connection refused or reset, client timeout).
+# A request that failed without an HTTP status (connection reset, client timeout) after it was sent.
 NO_ANSWER = 0
+# A connection the server never accepted (refused, or the listen backlog full under a flood): not sent,
+# so not an accepted request left unanswered.
+NOT_CONNECTED = -1
 
 
 def texts_for(job: dict[str, Any]) -> Callable[[int], str]:
@@ -140,6 +143,8 @@ async def _closed_loop(send: Callable[[int], Awaitable[int]], job: dict[str, Any
 
 async def _open_http(job: dict[str, Any]) -> dict[str, Any]:
     """Fixed arrival rate; statuses and latencies of every request, 429s and 2xx apart."""
+    import httpx
+
     rate, seconds, cap = float(job["rate"]), float(job["seconds"]), int(job["max_in_flight"])
     records: list[tuple[float, float, int]] = []
     skipped = 0
@@ -152,6 +157,8 @@ async def _open_http(job: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             try:
                 status = await send(i)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                status = NOT_CONNECTED
             except Exception:  # noqa: BLE001
                 status = NO_ANSWER
             records.append((t0, time.perf_counter(), status))
@@ -184,7 +191,8 @@ async def _open_http(job: dict[str, Any]) -> dict[str, Any]:
     ok = sum(v["n"] for s, v in stats.items() if s.startswith("2"))
     return {"offered_rate": n / sent_s if sent_s > 0 else None, "sent": len(records), "skipped_by_client": skipped,
             "ok": ok, "ok_rate": ok / max(sent_s, 1e-9), "by_status": stats,
-            "unanswered": stats.get(str(NO_ANSWER), {}).get("n", 0), "ready_after": ready,
+            "unanswered": stats.get(str(NO_ANSWER), {}).get("n", 0),
+            "not_connected": stats.get(str(NOT_CONNECTED), {}).get("n", 0), "ready_after": ready,
             "seconds": sent_s, **counts}
 
 

