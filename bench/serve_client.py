@@ -125,12 +125,17 @@ async def _closed_loop(send: Callable[[int], Awaitable[int]], job: dict[str, Any
 
     async def client_loop() -> None:
         nonlocal issued
-        measured = False  # each client finishes at least one measured request, even on a slow machine
-        while (time.perf_counter() < t_end or not measured) and issued < max_requests:
-            i = issued
-            issued += 1
+        # Warm-up is bounded by time, the measured part by time and by max_requests (counted from
+        # the measurement's start: a fast engine must not spend them all warming up), and each client
+        # finishes at least one measured request, even on a slow machine.
+        measured = False
+        while time.perf_counter() < t_end or not measured:
             t0 = time.perf_counter()
             measured = t0 >= t_measure
+            if measured and issued >= max_requests:
+                return
+            i = issued
+            issued += measured
             try:
                 status = await send(i)
             except Exception:  # noqa: BLE001 - connection errors and timeouts are counted, not raised
@@ -229,15 +234,15 @@ def _closed_direct(job: dict[str, Any]) -> dict[str, Any]:
     t_end = t_measure + float(job["seconds"])
 
     def client_loop() -> None:
-        measured = False  # each client finishes at least one measured request, even on a slow machine
+        measured = False  # as in _closed_loop: warm-up bounded by time, max_requests counts measured requests
         while time.perf_counter() < t_end or not measured:
-            with lock:
-                if issued[0] >= max_requests:
-                    return
-                i = issued[0]
-                issued[0] += 1
             t0 = time.perf_counter()
             measured = t0 >= t_measure
+            with lock:
+                if measured and issued[0] >= max_requests:
+                    return
+                i = issued[0]
+                issued[0] += measured
             call(i)
             records.append((t0, time.perf_counter(), 200))
 
