@@ -376,6 +376,8 @@ def test_models_card_fingerprint_and_metrics(tiny_clip_bundle: Path, enc: Any, e
             assert 'crossmodal_requests_total{route="/v1/models/{model:path}",status="404"} 1.0' in text
             assert 'crossmodal_batch_size_count{tower="text"}' in text
             assert 'crossmodal_queue_depth{tower="image"} 0.0' in text
+            assert 'crossmodal_requests_in_progress{route="/v1/embeddings"} 0.0' in text
+            assert 'crossmodal_requests_in_progress{route="/metrics"} 1.0' in text  # this scrape itself
             return card["fingerprint"]
 
     fp_int8 = run(body)

@@ -153,6 +153,8 @@ class RequestMiddleware:
             await send(message)
 
         path = scope["path"]
+        route = self._label(scope)
+        self.service.metrics.request_started(route)
         try:
             if path in OPEN_PATHS or self.auth.allows(path, _header(scope, b"authorization")):
                 await self.app(scope, receive, send_status)
@@ -161,7 +163,6 @@ class RequestMiddleware:
                 await _response(err.status, err.body(), err.headers)(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - t0
-            route = self._label(scope)
             self.service.metrics.request_done(route, status, elapsed)
             level = logging.DEBUG if route.startswith(("/health/", "/metrics")) else logging.INFO
             if access_log.isEnabledFor(level):

@@ -24,6 +24,9 @@ class Metrics:
                                 registry=r)
         self.request_seconds = Histogram("crossmodal_request_seconds", "Time to answer a request, by route",
                                          ("route",), buckets=_TIME_BUCKETS, registry=r)
+        # What a drain or an autoscaler watches: requests read by the server and not yet answered.
+        self.in_progress = Gauge("crossmodal_requests_in_progress", "Requests received and not yet answered, "
+                                 "by route", ("route",), registry=r)
         self.queue_depth = Gauge("crossmodal_queue_depth", "Items admitted and waiting for a batch, by tower",
                                  ("tower",), registry=r)
         self.batch_size = Histogram("crossmodal_batch_size", "Items per model call, by tower", ("tower",),
@@ -56,7 +59,11 @@ class Metrics:
     def item_failed(self, tower: str, reason: str) -> None:
         self.items_failed.labels(tower, reason).inc()
 
+    def request_started(self, route: str) -> None:
+        self.in_progress.labels(route).inc()
+
     def request_done(self, route: str, status: int, seconds: float) -> None:
+        self.in_progress.labels(route).dec()
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
 
