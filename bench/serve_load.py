@@ -1,7 +1,7 @@
 """Load benchmark of ``crossmodal serve`` (issue 12, item 8): ``crossmodal bench --scenarios serve``.
 
 The server runs in its own process; the load comes from another process
-(:mod:`crossmodal.bench.serve_client`: asyncio + httpx, closed loops of 1, 4, 16
+(:mod:`crossmodal.bench.serve_client`: asyncio + aiohttp, closed loops of 1, 4, 16
 and 64 concurrent clients), everything on 127.0.0.1. Workloads:
 
 (a) ``text``    one short caption-like text per request -> ``POST /v1/embeddings``

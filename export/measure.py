@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from crossmodal.session import make_session
 
+from .memory import release
 from .parity import Parity, compare, merge
 
 
@@ -30,6 +31,7 @@ def parity_against(
 ) -> Parity:
     """Worst-case parity of output ``output`` over all feeds."""
     got = ort_outputs(model_path, feeds)
+    release()  # the session is gone; its memory goes back before the next candidate is loaded
     return merge([compare(np.asarray(r[output]), np.asarray(g[output])) for r, g in zip(reference, got)])
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from numpy.typing import NDArray
 
 from .measure import parity_against
+from .memory import release
 from .parity import Parity
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,15 @@ def compare_latency_ms(
     robustness: each candidate is loaded, timed for all its rounds and released
     before the next one is loaded.
     """
-    import gc
-
     total = sum(Path(p).stat().st_size for p in paths)
     if len(paths) > 1 and total > alternate_max_bytes:
         out = []
         for p in paths:
             out.extend(compare_latency_ms([p], feed, rounds=rounds, round_seconds=round_seconds, threads=threads))
-            gc.collect()
         return out
-    return _alternating_rounds(paths, feed, rounds=rounds, round_seconds=round_seconds, threads=threads)
+    times = _alternating_rounds(paths, feed, rounds=rounds, round_seconds=round_seconds, threads=threads)
+    release()  # the sessions are closed; give their memory back before the next step
+    return times
 
 
 def _alternating_rounds(paths: Sequence[Path], feed: Mapping[str, NDArray], *, rounds: int, round_seconds: float,
@@ -107,14 +107,40 @@ class OptimizeResult:
 
 
 def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int, hidden_size: int) -> Path:
-    """Apply onnxruntime's offline transformer fusions for ``model_type``."""
+    """Apply onnxruntime's offline transformer fusions for ``model_type``.
+
+    The fusions run on the graph with its large weights stubbed (``weightless.py``):
+    they copy the graph at every shape inference, which with the weights in
+    held about seven times the graph's size. Should a fusion need a weight's
+    values, they run again on the full graph; the result is the same graph.
+    """
+    from .weightless import load_without_weights
+
+    try:
+        light, weights = load_without_weights(src)
+        _optimize_model(light, dst, model_type, num_heads, hidden_size, weights)
+        return dst
+    except Exception as exc:  # a fusion that reads weight values: pay the memory
+        log.info("fusing %s without its weights failed (%r); fusing the full graph", src.name, exc)
+    finally:
+        release()
+    _optimize_model(str(src), dst, model_type, num_heads, hidden_size, None)
+    release()
+    return dst
+
+
+def _optimize_model(model: Any, dst: Path, model_type: str, num_heads: int, hidden_size: int,
+                    weights: dict[str, bytes] | None) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(
-        str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+    from .weightless import restore_weights
+
+    fused = optimize_model(
+        model, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
     )
-    model.save_model_to_file(str(dst), use_external_data_format=False)
-    return dst
+    if weights is not None:
+        restore_weights(fused.model, weights)
+    fused.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def _candidates(raw: Path, workdir: Path, options: Mapping[str, Any]) -> list[tuple[str, Path | str]]:

@@ -12,7 +12,6 @@ Thresholds are policy: a graph that misses one is never written.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from crossmodal.variants import EXPORTABLE, get_variant
 
 from . import artifact, int8_targets
 from .measure import parity_against
+from .memory import release
 from .onnx_export import DEFAULT_OPSET, export_onnx, run_torch
 from .optimize import OptimizeResult, optimize_with_parity
 from .options import ExportOptions, Thresholds, parse_targets
@@ -42,10 +42,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TowerSpec:
-    """One tower to export: the torch module and everything the manifest needs."""
+    """One tower to export: the torch module and everything the manifest needs.
+
+    The export takes the module out (``module`` becomes None) once it has traced
+    it and computed the reference outputs, so that the torch weights are freed
+    before the graph trials; a spec is exported once.
+    """
 
     tower: str
-    module: torch.nn.Module
+    module: torch.nn.Module | None
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
@@ -215,7 +220,11 @@ def export_tower(
     """Export one tower to every target of ``options`` into ``options.out``; returns {variant: parity summary}.
 
     Prints each stage's name and a rough ETA to stderr (``progress.Stages``).
+    Releases ``spec.module`` after tracing it (see :class:`TowerSpec`).
     """
+    if spec.module is None:
+        raise ArtifactError(f"the {spec.folder or spec.tower} tower was exported already (its torch module was "
+                            "released after tracing); build its TowerSpec again to export it again")
     spec.module.eval()
     stages = Stages(f"export {spec.folder or spec.tower}", planned_stages(spec.tower, options))
     try:
@@ -236,14 +245,31 @@ def planned_stages(tower: str, options: ExportOptions) -> list[str]:
     return names + [f"write {v}" for v in EXPORTABLE if v in options.targets]
 
 
+def _trace(spec: TowerSpec, path: Path, opset: int) -> tuple[Path, list[list[NDArray]]]:
+    """Trace ``spec.module`` to ``path`` and compute its reference outputs, then release the module.
+
+    From here on the export needs only the graph and the reference: keeping the
+    torch weights alive through the fusion trials and the int8 search held a
+    second copy of the model for no use. Submodules another tower still holds
+    (a shared encoder) stay alive, and so does anything the caller keeps.
+    """
+    module = spec.module
+    assert module is not None  # checked by export_tower
+    reference = [run_torch(module, feed, spec.input_names) for feed in spec.parity_inputs]
+    raw = export_onnx(module, spec.parity_inputs[0], spec.input_names, spec.output_names, spec.dynamic_axes, path,
+                      opset=opset)
+    spec.module = None
+    del module
+    release()
+    return raw, reference
+
+
 def _export_tower(spec: TowerSpec, workdir: Path, options: ExportOptions, stages: Stages, *, family: str, space: str,
                   source: Mapping[str, Any], opset: int) -> dict[str, Any]:
     thresholds = options.thresholds
     folder = spec.folder or spec.tower
     stages("trace")
-    reference = [run_torch(spec.module, feed, spec.input_names) for feed in spec.parity_inputs]
-    raw = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names,
-                      spec.dynamic_axes, workdir / f"{folder}-raw.onnx", opset=opset)
+    raw, reference = _trace(spec, workdir / f"{folder}-raw.onnx", opset)
     # The fp32 gate comes first whatever the targets: a graph that does not
     # reproduce the module in fp32 has no faithful int8 or fp16 form either.
     stages("fp32 parity and fusions")
@@ -279,7 +305,7 @@ def _export_tower(spec: TowerSpec, workdir: Path, options: ExportOptions, stages
         artifact.write_tower(options.out, folder, variant, built.path, fields, tokenizer_json, case)
         summary[variant] = {**built.summary, **built.parity.to_dict()}
         del built
-        gc.collect()  # the variant's sessions and graph protos go before the next variant is built
+        release()  # the variant's sessions and graph protos go before the next variant is built
     return summary
 
 

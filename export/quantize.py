@@ -61,6 +61,7 @@ from crossmodal.errors import ParityError
 from . import int8_targets
 from .int8_targets import base_recipe
 from .measure import parity_against
+from .memory import release
 from .optimize import FUSED_FILE, compare_latency_ms
 from .options import INT8_RECIPES
 from .parity import Parity
@@ -96,17 +97,36 @@ def _with_shapes(src: Path, dst: Path) -> Path:
     with contrib ops (fused SkipLayerNormalization, QuickGelu, ...) ONNX's own
     inference returns none and quantize_dynamic stops ("Unable to find data type
     for weight_name"). The symbolic inference knows the contrib ops.
-    """
-    try:
-        import onnx
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    It copies the graph it is given, so it is given the graph with its large
+    weights stubbed (``weightless.py``; shapes need no weight values), and the
+    weights go back before saving; should that fail, it runs on the full graph.
+    """
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    from .weightless import load_without_weights, restore_weights
+
+    try:
+        light, weights = load_without_weights(src)
+        model = SymbolicShapeInference.infer_shapes(light, auto_merge=True)
+        del light
+        restore_weights(model, weights)
+        onnx.save(model, str(dst))
+        return dst
+    except Exception as exc:
+        log.info("shape inference on %s without its weights failed (%r); trying the full graph", src, exc)
+    finally:
+        release()
+    try:
         model = SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True)
         onnx.save(model, str(dst))
         return dst
     except Exception as exc:  # inference is an aid; the quantiser reports a real failure itself
         log.info("symbolic shape inference failed on %s (%r); quantising without it", src, exc)
         return src
+    finally:
+        release()
 
 
 def _drop_inferred_shapes(dst: Path, like: Path) -> None:
@@ -350,6 +370,8 @@ def quantize_int8(
             trials.append({"recipe": name, "rejected": f"quantiser failed: {exc!r}"})
             dst.unlink(missing_ok=True)
             continue
+        finally:
+            release()  # the quantiser's copies of the graph go before the candidate is measured
         p = parity_against(reference, dst, feeds)
         trial: dict[str, Any] = {"recipe": name, **p.to_dict()}
         p = _with_small_embeddings(dst, reference, feeds, p, settings, trial)
