@@ -41,9 +41,16 @@ NOT_CONNECTED = -1
 
 
 def texts_for(job: dict[str, Any]) -> Callable[[int], str]:
-    """The i-th query text: distinct for every i (the cache must not answer for the model)."""
+    """The i-th query text: distinct for every i and for every job (the cache must not answer for the model).
+
+    The engines stay up across concurrency levels, so a counter alone would repeat the previous
+    job's texts and be answered from the query cache: each job starts from its own base.
+    """
     pool = job["texts"]
-    return lambda i: f"{pool[i % len(pool)]} {i}"
+    base = job.get("text_base")
+    if base is None:
+        base = time.time_ns() // 1000 % 10**9
+    return lambda i: f"{pool[i % len(pool)]} {base + i}"
 
 
 def summary(records: list[tuple[float, float, int]], t_measure: float) -> dict[str, Any]:

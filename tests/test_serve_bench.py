@@ -79,3 +79,14 @@ def test_bench_cli_runs_the_serve_scenario_with_its_shared_flags(monkeypatch: py
     cfg = seen["cfg"]
     assert cfg.quick and cfg.out == tmp_path and cfg.threads == 1 and cfg.seconds == 0.5 and cfg.index_size == 2000
     assert seen["plot"] is False and "--scenarios serve" in cfg.command
+
+
+def test_query_texts_never_repeat_across_jobs_so_the_cache_cannot_answer() -> None:
+    # The engines stay up across concurrency levels: a job repeating the previous job's texts
+    # would be answered from the query cache and measure no model at all.
+    from crossmodal.bench.serve_client import texts_for
+
+    first, second = texts_for({"texts": ["a dog"]}), texts_for({"texts": ["a dog"], "text_base": 10**9})
+    a = {first(i) for i in range(500)}
+    assert len(a) == 500
+    assert a.isdisjoint(second(i) for i in range(500))
