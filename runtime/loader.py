@@ -68,6 +68,7 @@ def load(
     allow_cpu_fallback: bool = False,
     providers: Sequence[str] | None = None,
     fast_decode: bool = False,
+    spin: bool = True,
 ) -> Encoder:
     """Load a bundle written by ``crossmodal export``.
 
@@ -81,6 +82,9 @@ def load(
         fast_decode: decode JPEGs at reduced size (libjpeg DCT scaling) before the exact resize.
             Opt-in: measured 1.43x more images/s end to end on 1600x1200 photos at min cosine
             0.99986 to the exact decode (docs/bench/results.md, scenario b).
+        spin: let idle onnxruntime threads spin-wait for work (fastest when the process only
+            runs the model); ``False`` lets them sleep, for processes whose other threads need
+            the cores (``crossmodal serve`` loads with ``False``).
     """
     root = Path(path)
     if not root.is_dir():
@@ -95,7 +99,8 @@ def load(
     towers: dict[str, ImageTower | TextTower] = {}
     for name in wanted:
         tower_dir, manifest, session = open_tower(root, bundle, name, variant, threads=threads,
-                                                  allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+                                                  allow_cpu_fallback=allow_cpu_fallback, providers=providers,
+                                                  spin=spin)
         if name == "image":
             towers[name] = ImageTower(tower_dir, manifest, session, fast_decode=fast_decode)
         else:
@@ -112,6 +117,7 @@ def open_tower(
     threads: int | None = None,
     allow_cpu_fallback: bool = False,
     providers: Sequence[str] | None = None,
+    spin: bool = True,
 ) -> tuple[Path, TowerManifest, Any]:
     """Validate one tower of a bundle (folder, manifest, space) and open its session.
 
@@ -142,5 +148,5 @@ def open_tower(
         raise ArtifactError(f"{model} is missing; the bundle is incomplete: re-export it")
     warn_if_isa_missing(root, name, variant, manifest)
     session = open_session(tower_dir, manifest, variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
-                           providers=providers)
+                           providers=providers, spin=spin)
     return tower_dir, manifest, session

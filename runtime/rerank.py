@@ -96,6 +96,7 @@ class Reranker:
         *,
         allow_cpu_fallback: bool = False,
         providers: Sequence[str] | None = None,
+        spin: bool = True,
     ) -> "Reranker":
         """Load the ``rerank`` graph of a bundle and its image and text towers (one variant for all three).
 
@@ -117,9 +118,10 @@ class Reranker:
         missing = [t for t in ("image", "text") if t not in bundle.towers]
         if missing:
             raise ArtifactError(f"bundle {root} has a rerank tower but no {missing[0]} tower; re-export the bundle")
-        encoder = load(root, variant=variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+        encoder = load(root, variant=variant, threads=threads, allow_cpu_fallback=allow_cpu_fallback, providers=providers,
+                       spin=spin)
         path, manifest, session = open_tower(root, bundle, "rerank", variant, threads=threads,
-                                             allow_cpu_fallback=allow_cpu_fallback, providers=providers)
+                                             allow_cpu_fallback=allow_cpu_fallback, providers=providers, spin=spin)
         return cls(encoder, path, manifest, session)
 
     def _check_graphs(self) -> None:

@@ -25,7 +25,7 @@ from crossmodal.index import Index, key_from_sha256
 from crossmodal.retriever import Retriever
 from crossmodal.serve import ServeConfig, create_app
 from helpers.images import png_claiming_size
-from helpers.serve_server import asgi_client, b64, cosines, png_bytes
+from helpers.serve_server import asgi_client, b64, cosines, png_bytes, spin_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "images"
@@ -756,3 +756,22 @@ def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Pat
                 assert words in got.json()["error"]["message"], (bad, got.text)
 
     run(body)
+
+
+def test_service_sessions_sleep_instead_of_spin_waiting_unless_told(tiny_clip_bundle: Path) -> None:
+    # The service shares its cores with the event loop and the decoders: idle onnxruntime threads
+    # must not spin (measured: under overload, spinning starved the loop and the 429s took seconds).
+    from crossmodal.serve.cli import _config, build_parser
+    from crossmodal.serve.service import load_model
+
+    enc = load_model(tiny_clip_bundle)
+    assert spin_setting(enc.text.session) == spin_setting(enc.image.session) == "0"
+    assert spin_setting(load_model(tiny_clip_bundle, spin=True).text.session) == "default"
+    # the library keeps onnxruntime's default: a process that only runs the model wants the spin
+    assert spin_setting(crossmodal.load(tiny_clip_bundle).text.session) == "default"
+    assert spin_setting(crossmodal.load(tiny_clip_bundle, spin=False).image.session) == "0"
+    parse = build_parser().parse_args
+    assert _config(parse([str(tiny_clip_bundle)])).spin_wait is False
+    assert _config(parse([str(tiny_clip_bundle), "--spin-wait"])).spin_wait is True
+    with pytest.raises(crossmodal.errors.InputError, match="spin_wait"):
+        ServeConfig(spin_wait="yes")  # type: ignore[arg-type]

@@ -64,3 +64,11 @@ def test_rerank_search_equals_the_retriever_and_refuses_what_it_cannot_do(albef_
             assert r.status_code == 400 and "text query" in r.json()["error"]["message"]
 
     asyncio.run(body())
+
+
+def test_the_reranker_the_service_loads_sleeps_instead_of_spin_waiting(albef_bundle: Path) -> None:
+    from crossmodal.serve.service import load_model
+    from helpers.serve_server import spin_setting
+
+    rr = load_model(albef_bundle)
+    assert {spin_setting(s) for s in (rr.session, rr.encoder.text.session, rr.encoder.image.session)} == {"0"}

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"text-query embeddings kept in the LRU cache (0 disables; default {d.cache_size})")
     p.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads per tower (default: one per physical core)")
+    p.add_argument("--spin-wait", action="store_true",
+                   help="let idle onnxruntime threads spin-wait for work (default off: they sleep and leave the "
+                        "cores to the event loop and decoders; on only for cores that do nothing else)")
     p.add_argument("--decode-workers", type=int, default=d.decode_workers,
                    help="threads decoding images (default 0: one per CPU)")
     p.add_argument("--api-key-env", metavar="NAME",
@@ -81,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .app import create_app
         from .service import load_model, open_indexes
 
-        model = load_model(args.bundle, args.variant, args.threads)
+        model = load_model(args.bundle, args.variant, args.threads, spin=config.spin_wait)
         encoder = getattr(model, "encoder", model)
         index = open_indexes(args.index, encoder, read_only=args.read_only) if args.index else None
         app = create_app(model, index, variant=args.variant, threads=args.threads, config=config,
@@ -117,7 +120,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
                        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=min(args.max_inputs,
                                                                                             args.max_queue),
                        max_body_bytes=int(args.max_body_mb * 2 ** 20), deadline_s=args.deadline,
-                       cache_size=args.cache_size, api_key=key, decode_workers=args.decode_workers)
+                       cache_size=args.cache_size, api_key=key, decode_workers=args.decode_workers,
+                       spin_wait=args.spin_wait)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -142,7 +142,7 @@ class Service:
     def _load(self) -> None:
         enc = self._bundle_arg
         if isinstance(enc, (str, os.PathLike)):
-            enc = load_model(enc, self._variant_arg, self._threads)
+            enc = load_model(enc, self._variant_arg, self._threads, spin=self.config.spin_wait)
         if hasattr(enc, "score_states"):  # a Reranker: its encoder serves the towers
             self.reranker, enc = enc, enc.encoder
         self.encoder = enc
@@ -432,17 +432,19 @@ class Service:
             self._journal_since_save = 0
 
 
-def load_model(path: str | os.PathLike[str], variant: str | None = None, threads: int | None = None) -> Any:
+def load_model(path: str | os.PathLike[str], variant: str | None = None, threads: int | None = None, *,
+               spin: bool = False) -> Any:
     """The bundle's :class:`~crossmodal.encoder.Encoder`, or its :class:`~crossmodal.rerank.Reranker`
-    (whose encoder shares its sessions) when the bundle has a ``rerank`` tower."""
+    (whose encoder shares its sessions) when the bundle has a ``rerank`` tower; ``spin`` as
+    :attr:`ServeConfig.spin_wait <crossmodal.serve.config.ServeConfig>`."""
     import crossmodal
 
     from ..manifest import read_bundle
     from ..variants import DEFAULT_VARIANT
 
     if "rerank" in read_bundle(Path(path)).towers:
-        return crossmodal.Reranker.load(path, variant=variant or DEFAULT_VARIANT, threads=threads)
-    return crossmodal.load(path, variant=variant, threads=threads)
+        return crossmodal.Reranker.load(path, variant=variant or DEFAULT_VARIANT, threads=threads, spin=spin)
+    return crossmodal.load(path, variant=variant, threads=threads, spin=spin)
 
 
 def open_index(path: str | os.PathLike[str], encoder: Any, *, create: bool = True,

@@ -169,6 +169,14 @@ def png_bytes(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
     return buf.getvalue()
 
 
+def spin_setting(session: Any) -> str:
+    """An onnxruntime session's ``session.intra_op.allow_spinning`` ("0", "1" or "default": never set)."""
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # onnxruntime raises for an entry never set: its default, spinning
+        return "default"
+
+
 def b64(data: bytes) -> str:
     """Standard base64 text of ``data``, as JSON requests carry images."""
     return base64.b64encode(data).decode()
