@@ -24,11 +24,15 @@ MIN_STUB_BYTES = 1 << 20
 STUB_LOCATION = "crossmodal-stubbed-weight-not-on-disk"
 
 
-def load_without_weights(path: Path, min_bytes: int = MIN_STUB_BYTES) -> tuple[Any, dict[str, bytes]]:
-    """(``path``'s graph with every initializer of >= ``min_bytes`` stubbed, {name: the stubbed raw bytes})."""
+def load_without_weights(path: Path, min_bytes: int | None = None) -> tuple[Any, dict[str, bytes]]:
+    """(``path``'s graph with every initializer of >= ``min_bytes`` stubbed, {name: the stubbed raw bytes}).
+
+    ``min_bytes`` defaults to :data:`MIN_STUB_BYTES`, read at call time.
+    """
     import onnx
     from onnx import TensorProto
 
+    min_bytes = MIN_STUB_BYTES if min_bytes is None else min_bytes
     model = onnx.load(str(path))
     weights: dict[str, bytes] = {}
     for t in model.graph.initializer:
