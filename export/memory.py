@@ -6,7 +6,7 @@ not always returned to the operating system: onnxruntime's fusion objects and
 protobuf graphs sit in reference cycles until the cycle collector happens to
 run, and glibc keeps freed heap pages for reuse. So the process's resident
 memory climbed with every candidate (a full-size ViT-B/32 image export reached
-4.4 GB, ten times its 350 MB fp32 graph) although each step alone needs far
+4.4 GB, over twelve times its 350 MB fp32 graph) although each step alone needs far
 less. :func:`release` is called after every step that built or ran a graph.
 """
 
