@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import gc
+import json
 import weakref
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def test_the_torch_module_is_released_before_the_graph_trials(tiny_clip_dir: Pat
     assert alive_at == {"fusions": False, "int8": False}
     assert spec.module is None
     assert summary["cpu-int8"]["recipe"] == "dynamic"
+    # A named --int8-recipe skips the search: one candidate built, none timed.
+    trials = json.loads((tmp_path / "bundle" / "text" / "cpu-int8" / "manifest.json").read_text())["quantization"]["trials"]
+    assert [t["recipe"] for t in trials] == ["dynamic"] and "ms" not in trials[0]
     assert summary["cpu-fp32"]["min_cosine"] > 0.99999
     with pytest.raises(Exception, match="exported already"):
         pipeline.export_tower(spec, tmp_path, options, family="clip", space="test", source={})
