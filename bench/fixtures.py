@@ -168,7 +168,7 @@ def describe_checkpoint(model: str, hf_dir: Path) -> tuple[bool | None, str]:
 def export_bundle(hf_dir: Path, bundle: Path, calib_dir: Path | None, *, int8_recipe: str = "auto") -> Path:
     """``crossmodal export clip`` into ``bundle`` unless a complete bundle for the same source is there."""
     stamp = bundle / ".bench-source"
-    key = _dir_key(hf_dir) + f":{int8_recipe}"
+    key = _dir_key(hf_dir) + f":{int8_recipe}:{exporter_key()}"
     if (bundle / "bundle.json").is_file() and stamp.is_file() and stamp.read_text() == key:
         return bundle
     from crossmodal.export.clip import export_clip
@@ -176,6 +176,18 @@ def export_bundle(hf_dir: Path, bundle: Path, calib_dir: Path | None, *, int8_re
     export_clip(str(hf_dir), bundle, "cpu-fp32,cpu-int8", calib_dir=calib_dir, int8_recipe=int8_recipe)
     stamp.write_text(key)
     return bundle
+
+
+def exporter_key() -> str:
+    """Hash of the exporter's source: a bundle cached by an older exporter is exported again
+    (a cached text int8 graph kept its 140 MB fp32 token table after the exporter had cut it to 64 MB)."""
+    import crossmodal.export as export_pkg
+
+    h = hashlib.sha256()
+    root = Path(export_pkg.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _dir_key(path: Path) -> str:
