@@ -170,7 +170,7 @@ async def _open_http(job: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             try:
                 status = await send(i)
-            except aiohttp.ClientConnectorError:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):  # never connected: never sent
                 status = NOT_CONNECTED
             except Exception:  # noqa: BLE001
                 status = NO_ANSWER
