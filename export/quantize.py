@@ -225,15 +225,27 @@ class _Reader:
     """Calibration feeds for onnxruntime's static quantiser."""
 
     def __init__(self, feeds: Sequence[Mapping[str, NDArray]], names: set[str]):
-        self._it = iter([{k: v for k, v in f.items() if k in names} for f in feeds])
+        self._feeds = [{k: v for k, v in f.items() if k in names} for f in feeds]
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """onnxruntime's strided calibration reads the feeds in windows (``CalibStridedMinMax``)."""
+        self._it = iter(self._feeds[start_index:end_index])
 
     def get_next(self) -> dict[str, NDArray] | None:
         return next(self._it, None)
 
 
-# Calibration keeps this many intermediate outputs before folding them into ranges:
-# onnxruntime otherwise holds every activation of every calibration batch at once.
-CALIB_MAX_INTERMEDIATE_OUTPUTS = 4
+# Calibration folds each batch's activations into the min/max ranges before running the next
+# (onnxruntime's strided MinMax, window of one batch), so memory holds one batch's activations,
+# not every batch's. Not ``CalibMaxIntermediateOutputs``: onnxruntime 1.32 discards every
+# window of that many batches without folding it into the ranges (calibrate.py, collect_data),
+# so with 4 or more batches the ranges came from the last few only, and a multiple of 4
+# failed with "No data is collected".
+CALIB_STRIDE = 1
 
 
 def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce_range: bool = False,
@@ -253,7 +265,7 @@ def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce
         activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
         per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"MatMulConstBOnly": True, "CalibMaxIntermediateOutputs": CALIB_MAX_INTERMEDIATE_OUTPUTS},
+        extra_options={"MatMulConstBOnly": True, "CalibStridedMinMax": CALIB_STRIDE},
     )
     return settings
 
