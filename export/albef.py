@@ -259,10 +259,13 @@ def export(
         log.info("ignored %d %s key(s), e.g. %s", len(keys), cat, keys[0])
     sha = _sha256(model_path)
     specs = build_specs(model, tokenizer, rerank=rerank, calib_dir=options.calib_dir)
+    dim, scale = model.config.embed_dim, logit_scale(model.config.temp)
+    # The specs hold what each tower runs and the pipeline drops each once traced; a live
+    # `model` here would keep every weight (momentum encoders included) through the int8 search.
+    del model
     return export_bundle(
         options, family="albef", space=options.space or f"albef:{model_path.stem}:{sha[:12]}",
-        dim=model.config.embed_dim, logit_scale=logit_scale(model.config.temp),
-        source=source_info(model_path, config, report, sha), specs=specs,
+        dim=dim, logit_scale=scale, source=source_info(model_path, config, report, sha), specs=specs,
     )
 
 

@@ -493,6 +493,7 @@ def export(
             f"the image module embeds into {specs[0].dim} dims but the text module into {specs[1].dim}; "
             "a dual encoder's towers must share one space (check the projection heads)")
     digest = weights_digest([image_module, text_module])
+    del image_module, text_module  # the specs hold them; the pipeline drops each once traced
     source = {"image": _describe(image), "text": _describe(text), "tokenizer": str(tokenizer),
               "settings": cfg.where, "weights_sha256": digest}
     return export_bundle(options, family=FAMILY, space=options.space or f"custom:{digest[:16]}", dim=specs[0].dim,
