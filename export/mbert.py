@@ -309,7 +309,9 @@ def export(
 
     parts = read_parts(source.path, head=head, base_config_path=base_config)
     text_spec = build_text_spec(parts)
+    text_dim = parts.dim
     source_dict = {**source.to_dict(), "format": parts.fmt, "card": None if model_card is None else model_card["card_name"]}
+    del parts  # the spec holds what the text tower runs; the pipeline drops it once traced
     specs = [text_spec]
     extra_towers: dict[str, str] = {}
 
@@ -320,7 +322,7 @@ def export(
         if not variants:
             raise ArtifactError(f"--image-bundle {image_bundle} has none of the variants {target_list} of its image tower")
         for v in variants:
-            _check_dims(parts.dim, read_manifest(image_bundle / folder / v).dim, f"bundle {image_bundle}")
+            _check_dims(text_dim, read_manifest(image_bundle / folder / v).dim, f"bundle {image_bundle}")
         for v in variants:
             artifact.copy_tower(image_bundle, folder, options.out, "image", v)
         extra_towers["image"] = "image"
@@ -333,13 +335,13 @@ def export(
 
         clip_space = clip_source.space
         image_specs, facts = clip.build_specs(clip_source, calib_dir=options.calib_dir, towers=("image",))
-        _check_dims(parts.dim, int(facts["dim"]), f"CLIP {image_model}")
+        _check_dims(text_dim, int(facts["dim"]), f"CLIP {image_model}")
         specs = image_specs + specs
         bundle_space, logit_scale, dim = clip_space, float(facts["logit_scale"]), int(facts["dim"])
         pairing = {"image": {"space": clip_space, "source": clip_source.to_dict()}, "text": source_dict,
                    "forced": bool(force_pairing)}
     else:
-        bundle_space, logit_scale, dim = options.space or source.space, TEXT_ONLY_LOGIT_SCALE, parts.dim
+        bundle_space, logit_scale, dim = options.space or source.space, TEXT_ONLY_LOGIT_SCALE, text_dim
         pairing = {"text": source_dict}
 
     return export_bundle(
