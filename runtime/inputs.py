@@ -40,6 +40,13 @@ def non_negative_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def boolean(name: str, value: Any) -> bool:
+    """True or False (never a truthy string or 1), or InputError naming ``name``."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
 def optional_bool(name: str, value: Any) -> bool | None:
     """True, False or None, or InputError naming ``name``."""
     if value is not None and not isinstance(value, bool):
@@ -82,4 +89,4 @@ def vector_batch(vectors: Any) -> bool:
     return np.ndim(vectors) == 1
 
 
-__all__ = ["is_int", "positive_int", "non_negative_int", "optional_bool", "text_batch", "image_batch", "vector_batch"]
+__all__ = ["is_int", "positive_int", "non_negative_int", "boolean", "optional_bool", "text_batch", "image_batch", "vector_batch"]

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from . import cpu_isa
 from .encoder import Encoder
 from .errors import ArtifactError, IncompatibleTowersError
+from .inputs import boolean
 from .manifest import BundleInfo, TowerManifest, available_variants, read_bundle, read_manifest
 from .session import open_session
 from .towers import ImageTower, TextTower
@@ -86,6 +87,7 @@ def load(
             runs the model); ``False`` lets them sleep, for processes whose other threads need
             the cores (``crossmodal serve`` loads with ``False``).
     """
+    boolean("spin", spin)
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"bundle directory {root} does not exist; create one with `crossmodal export`")

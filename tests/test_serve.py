@@ -775,3 +775,5 @@ def test_service_sessions_sleep_instead_of_spin_waiting_unless_told(tiny_clip_bu
     assert _config(parse([str(tiny_clip_bundle), "--spin-wait"])).spin_wait is True
     with pytest.raises(crossmodal.errors.InputError, match="spin_wait"):
         ServeConfig(spin_wait="yes")  # type: ignore[arg-type]
+    with pytest.raises(crossmodal.errors.InputError, match="spin must be True or False"):
+        crossmodal.load(tiny_clip_bundle, spin="no")  # type: ignore[arg-type]  # truthy: would have spun

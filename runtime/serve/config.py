@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from ..errors import InputError
-from ..inputs import non_negative_int, positive_int
+from ..inputs import boolean, non_negative_int, positive_int
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,7 @@ class ServeConfig:
         if self.max_inputs > self.max_queue:
             raise InputError(f"max_inputs ({self.max_inputs}) cannot exceed max_queue ({self.max_queue}): "
                              "such a request could never be queued")
-        if not isinstance(self.spin_wait, bool):
-            raise InputError(f"spin_wait must be True or False, got {self.spin_wait!r}")
+        boolean("spin_wait", self.spin_wait)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise InputError("api_key must be a non-empty string or None")
 
