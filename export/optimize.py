@@ -45,7 +45,9 @@ def compare_latency_ms(
     robustness: each candidate is loaded, timed for all its rounds and released
     before the next one is loaded.
     """
-    total = sum(Path(p).stat().st_size for p in paths)
+    from . import onnx_files
+
+    total = sum(onnx_files.stored_bytes(p) for p in paths)
     if len(paths) > 1 and total > alternate_max_bytes:
         out = []
         for p in paths:
@@ -133,6 +135,7 @@ def _optimize_model(model: Any, dst: Path, model_type: str, num_heads: int, hidd
                     weights: dict[str, bytes] | None) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from . import onnx_files
     from .weightless import restore_weights
 
     fused = optimize_model(
@@ -140,7 +143,7 @@ def _optimize_model(model: Any, dst: Path, model_type: str, num_heads: int, hidd
     )
     if weights is not None:
         restore_weights(fused.model, weights)
-    fused.save_model_to_file(str(dst), use_external_data_format=False)
+    onnx_files.save_ort(fused, dst)
 
 
 def _candidates(raw: Path, workdir: Path, options: Mapping[str, Any]) -> list[tuple[str, Path | str]]:
@@ -190,7 +193,7 @@ def optimize_with_parity(
     ``FUSED_FILE`` (even when it is not faster than ``raw`` in fp32), so the
     int8 step can try its recipes on it.
     """
-    import shutil
+    from . import onnx_files
 
     base_parity = parity_against(reference, raw, feeds)
     best = OptimizeResult(raw, [], base_parity)
@@ -216,7 +219,7 @@ def optimize_with_parity(
         for (name, graph, p, trial), ms in zip(kept, times[1:]):
             trial["ms"] = round(ms, 3)
         fastest = min(kept, key=lambda k: k[3]["ms"])
-        shutil.copyfile(fastest[1], workdir / FUSED_FILE)
+        onnx_files.copy(fastest[1], workdir / FUSED_FILE)
         for name, graph, p, trial in kept:
             if trial["ms"] > times[0] * 0.98:
                 trial["rejected"] = f"not faster ({trial['ms']:.2f} ms vs {times[0]:.2f} ms unfused)"

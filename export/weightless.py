@@ -32,8 +32,12 @@ def load_without_weights(path: Path, min_bytes: int | None = None) -> tuple[Any,
     import onnx
     from onnx import TensorProto
 
+    from . import onnx_files
+
     min_bytes = MIN_STUB_BYTES if min_bytes is None else min_bytes
-    model = onnx.load(str(path))
+    # Weights stored in a real data file are read in here too: once loaded, they are
+    # inline (DEFAULT) like the others, so only this module's stubs ever name STUB_LOCATION.
+    model = onnx_files.load(path)
     weights: dict[str, bytes] = {}
     for t in model.graph.initializer:
         if t.data_location == TensorProto.DEFAULT and t.HasField("raw_data") and len(t.raw_data) >= min_bytes:

@@ -1,0 +1,187 @@
+"""Loading, saving, copying and removing ONNX graph files, with their weights outside when they outgrow protobuf.
+
+A protobuf message cannot be serialized past 2 GB, and a ModelProto is one
+message: the fp32 text tower of M-CLIP XLM-R Large (~560M parameters, 2.2 GB)
+could be neither saved nor shape-inferred in memory. Every export step
+therefore loads and saves graphs here. A graph whose tensors add up to more
+than :data:`EXTERNAL_MIN_BYTES` is saved in onnx's external data format:
+``<name>`` holds the graph and ``<name>.data`` every tensor of at least
+:data:`TENSOR_MIN_BYTES`, one after the other; smaller graphs stay one file,
+as before. The data file is always the graph's file name + ``.data`` (the
+convention onnxruntime's own savers follow too), so a graph's files are found,
+copied and removed without parsing the graph; :func:`gather` collects any
+other layout (the TorchScript exporter writes one file per tensor) into it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+# protobuf's hard limit on one serialized message.
+PROTOBUF_LIMIT = (1 << 31) - 1
+# Graphs with more tensor bytes than this go external. The margin covers what is not a
+# tensor (nodes, names, value_info) and the shapes inference adds to a graph.
+# Read at call time, so tests can lower it.
+EXTERNAL_MIN_BYTES = PROTOBUF_LIMIT - (256 << 20)
+# Tensors below this stay inside the graph: shape constants and scalars that tools read
+# without the data file (onnx's own default threshold).
+TENSOR_MIN_BYTES = 1024
+DATA_SUFFIX = ".data"
+_CHUNK = 16 << 20
+
+
+def data_path(path: Path) -> Path:
+    """Where the external data of the graph at ``path`` lives (whether or not it exists)."""
+    path = Path(path)
+    return path.with_name(path.name + DATA_SUFFIX)
+
+
+def is_external(path: Path) -> bool:
+    """True when the graph at ``path`` keeps its weights in :func:`data_path`."""
+    return data_path(path).is_file()
+
+
+def stored_bytes(path: Path) -> int:
+    """Bytes on disk of the graph at ``path`` and its data file."""
+    data = data_path(path)
+    return Path(path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def tensor_bytes(model: Any) -> int:
+    """Serialized size of the graph's tensors (initializers and Constant values), without serializing it.
+
+    Each tensor is measured on its own: a whole ModelProto past 2 GB cannot report its size.
+    """
+    total = sum(t.ByteSize() for t in model.graph.initializer)
+    return total + sum(n.ByteSize() for n in model.graph.node if n.op_type == "Constant")
+
+
+def needs_external(model: Any, min_bytes: int | None = None) -> bool:
+    """Whether ``model`` is saved with external data (``min_bytes`` defaults to :data:`EXTERNAL_MIN_BYTES`)."""
+    return tensor_bytes(model) > (EXTERNAL_MIN_BYTES if min_bytes is None else min_bytes)
+
+
+def load(path: Path, *, weights: bool = True) -> Any:
+    """The graph at ``path`` (its external data read from beside it unless ``weights`` is False)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=weights)
+
+
+def save(model: Any, path: Path, *, min_bytes: int | None = None) -> Path:
+    """Save ``model`` (weights loaded) to ``path``: one file, or graph + ``path.data`` when it is large.
+
+    With external data onnx moves the weights out of ``model`` into the file:
+    load the graph again to use its weights after saving.
+    """
+    import onnx
+
+    path = Path(path)
+    remove(path)  # onnx appends to an existing data file
+    if needs_external(model, min_bytes):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_path(path).name, size_threshold=TENSOR_MIN_BYTES, convert_attribute=False)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def save_ort(wrapper: Any, path: Path, *, min_bytes: int | None = None) -> Path:
+    """Save an onnxruntime model wrapper (``OnnxModel`` / ``ONNXModel``) the way :func:`save` decides.
+
+    The wrappers' own savers sort the graph and add the contrib-op domain; with
+    external data they write ``path.data`` too, but append to a stale one.
+    """
+    path = Path(path)
+    external = needs_external(wrapper.model, min_bytes)
+    remove(path)
+    wrapper.save_model_to_file(str(path), use_external_data_format=external)
+    return path
+
+
+def remove(path: Path) -> None:
+    """Delete the graph at ``path`` and its data file, if there."""
+    Path(path).unlink(missing_ok=True)
+    data_path(path).unlink(missing_ok=True)
+
+
+def external_tensors(model: Any) -> Iterator[Any]:
+    """Every tensor of ``model`` whose data is stored outside the graph."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors
+
+    return (t for t in _get_all_tensors(model) if t.data_location == TensorProto.EXTERNAL)
+
+
+def copy(src: Path, dst: Path) -> Path | None:
+    """Copy the graph at ``src`` to ``dst``, and its ``src.data`` to ``dst.data``; returns that (None: one file)."""
+    src, dst = Path(src), Path(dst)
+    if is_external(src):
+        return gather(src, dst)
+    remove(dst)
+    shutil.copyfile(src, dst)
+    return None
+
+
+def gather(src: Path, dst: Path) -> Path | None:
+    """Copy the graph at ``src`` to ``dst`` with all its external tensors in ``dst.data``; returns that path.
+
+    Tensors are streamed from wherever ``src``'s graph says they are (one data
+    file, or one file per tensor as the TorchScript exporter writes them), in
+    ``_CHUNK`` pieces, so memory holds the graph without its weights only. A
+    graph with no external tensor is copied as is (returns None).
+    """
+    import onnx
+
+    src, dst = Path(src), Path(dst)
+    model = load(src, weights=False)
+    tensors = list(external_tensors(model))
+    remove(dst)
+    if not tensors:
+        shutil.copyfile(src, dst)
+        return None
+    out = data_path(dst)
+    with open(out, "wb") as f:
+        for t in tensors:
+            info = {e.key: e.value for e in t.external_data}
+            source = src.parent / info["location"]
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else source.stat().st_size - offset
+            pad = -f.tell() % 4096  # page-aligned, so onnxruntime can map tensors in place
+            f.write(b"\0" * pad)
+            start = f.tell()
+            with open(source, "rb") as g:
+                g.seek(offset)
+                left = length
+                while left:
+                    chunk = g.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise ValueError(f"{source} ends before tensor {t.name!r} ({length} bytes at {offset})")
+                    f.write(chunk)
+                    left -= len(chunk)
+            del t.external_data[:]
+            for key, value in (("location", out.name), ("offset", str(start)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+    onnx.save_model(model, str(dst))  # no tensor data left inline: nothing for onnx to write beside it
+    return out
+
+
+def move(src: Path, dst: Path) -> Path:
+    """Rename the graph at ``src`` (and its data) to ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if not is_external(src):
+        remove(dst)
+        os.replace(src, dst)
+        return dst
+    copy(src, dst)
+    remove(src)
+    return dst
+
+
+__all__ = ["DATA_SUFFIX", "EXTERNAL_MIN_BYTES", "PROTOBUF_LIMIT", "TENSOR_MIN_BYTES", "copy", "data_path",
+           "external_tensors", "gather", "is_external", "load", "move", "needs_external", "remove", "save", "save_ort",
+           "stored_bytes", "tensor_bytes"]
