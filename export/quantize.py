@@ -58,7 +58,7 @@ from numpy.typing import NDArray
 
 from crossmodal.errors import ParityError
 
-from . import int8_targets
+from . import int8_targets, onnx_files
 from .int8_targets import base_recipe
 from .measure import parity_against
 from .memory import release
@@ -102,7 +102,6 @@ def _with_shapes(src: Path, dst: Path) -> Path:
     weights stubbed (``weightless.py``; shapes need no weight values), and the
     weights go back before saving; should that fail, it runs on the full graph.
     """
-    import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     from .weightless import load_without_weights, restore_weights
@@ -112,15 +111,16 @@ def _with_shapes(src: Path, dst: Path) -> Path:
         model = SymbolicShapeInference.infer_shapes(light, auto_merge=True)
         del light
         restore_weights(model, weights)
-        onnx.save(model, str(dst))
+        onnx_files.save(model, dst)
         return dst
     except Exception as exc:
         log.info("shape inference on %s without its weights failed (%r); trying the full graph", src, exc)
     finally:
         release()
     try:
-        model = SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True)
-        onnx.save(model, str(dst))
+        # In memory, so not past 2 GB (the inference serializes the graph): the stubbed try above is the path there.
+        model = SymbolicShapeInference.infer_shapes(onnx_files.load(src), auto_merge=True)
+        onnx_files.save(model, dst)
         return dst
     except Exception as exc:  # inference is an aid; the quantiser reports a real failure itself
         log.info("symbolic shape inference failed on %s (%r); quantising without it", src, exc)
@@ -138,16 +138,14 @@ def _drop_inferred_shapes(dst: Path, like: Path) -> None:
     two batches differ. The quantised graph keeps no intermediate shapes and
     takes its input/output types from the unshaped source.
     """
-    import onnx
-
-    model = onnx.load(str(dst))
-    source = onnx.load(str(like), load_external_data=False)
+    model = onnx_files.load(dst)
+    source = onnx_files.load(like, weights=False)
     del model.graph.value_info[:]
     io = {v.name: v for v in list(source.graph.input) + list(source.graph.output)}
     for v in list(model.graph.input) + list(model.graph.output):
         if v.name in io:
             v.type.CopyFrom(io[v.name].type)
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst)
 
 
 def regime_feed(tower: str, feeds: Sequence[Mapping[str, NDArray]], timing_feed: Mapping[str, NDArray]) -> dict[str, NDArray]:
@@ -165,7 +163,6 @@ def regime_feed(tower: str, feeds: Sequence[Mapping[str, NDArray]], timing_feed:
 
 def _nbits8(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], exclude: Sequence[str] = (),
             accuracy_level: int = 4) -> dict[str, Any]:
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     settings: dict[str, Any] = {"bits": 8, "block_size": 32, "accuracy_level": accuracy_level, "symmetric": True,
@@ -173,11 +170,11 @@ def _nbits8(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], exclud
     if exclude:
         settings["kept_fp32"] = list(exclude)
     q = MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=accuracy_level,
+        onnx_files.load(src), bits=8, block_size=32, is_symmetric=True, accuracy_level=accuracy_level,
         op_types_to_quantize=("MatMul",), nodes_to_exclude=list(exclude),
     )
     q.process()
-    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    onnx_files.save_ort(q.model, dst)
     return settings
 
 
@@ -210,9 +207,11 @@ def _dynamic(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]],
 
     settings = {"weights": "int7 per-channel (reduce_range)" if reduce_range else "int8 per-channel",
                 "activations": "uint8 per-tensor, dynamic", "ops": ["MatMul"], "reduce_range": reduce_range}
+    onnx_files.remove(dst)  # onnxruntime appends to a stale data file
     quantize_dynamic(
         str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True},
+        use_external_data_format=onnx_files.is_external(src),  # writes dst + dst.data
     )
     return settings
 
@@ -250,22 +249,23 @@ CALIB_STRIDE = 1
 
 def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce_range: bool = False,
          signed_activations: bool = False) -> dict[str, Any]:
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
+    names = {i.name for i in onnx_files.load(src, weights=False).graph.input}
     act = "int8" if signed_activations else "uint8"
     settings = {
         "format": "QDQ", "activations": f"{act} per-tensor, static (MinMax calibration)",
         "weights": "int7 per-channel (reduce_range)" if reduce_range else "int8 per-channel",
         "ops": ["MatMul", "Conv"], "calibration_batches": len(feeds), "reduce_range": reduce_range,
     }
+    onnx_files.remove(dst)
     quantize_static(
         str(src), str(dst), _Reader(feeds, names), quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
         per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"MatMulConstBOnly": True, "CalibStridedMinMax": CALIB_STRIDE},
+        use_external_data_format=onnx_files.is_external(src),  # the calibration graph and dst (+ dst.data)
     )
     return settings
 
@@ -303,13 +303,13 @@ def _with_small_embeddings(dst: Path, reference: Sequence[Sequence[NDArray]], fe
         p = parity_against(reference, emb, feeds)
         tried.append(f"{kind} {p.min_cosine:.6f}")
         if plain.min_cosine - p.min_cosine <= EMBEDDING_MAX_COSINE_LOSS:
-            emb.replace(dst)
+            onnx_files.move(emb, dst)
             settings["embeddings"] = {"format": "int8 rows, fp32 scale per row" if kind == "int8" else "fp16 rows",
                                       "tables": tables}
             trial["embeddings"] = f"{kind} (min cosine {plain.min_cosine:.6f} -> {p.min_cosine:.6f})"
             trial.update(p.to_dict())
             return p
-    emb.unlink(missing_ok=True)
+    onnx_files.remove(emb)
     trial["embeddings"] = f"fp32 (min cosine with smaller tables: {', '.join(tried)})"
     return plain
 
@@ -380,7 +380,7 @@ def quantize_int8(
                 settings["max_abs_int8_weight"] = bound
         except Exception as exc:  # one recipe failing on an op set must not stop the others
             trials.append({"recipe": name, "rejected": f"quantiser failed: {exc!r}"})
-            dst.unlink(missing_ok=True)
+            onnx_files.remove(dst)
             continue
         finally:
             release()  # the quantiser's copies of the graph go before the candidate is measured
@@ -390,13 +390,13 @@ def quantize_int8(
         trials.append(trial)
         if p.min_cosine < min_cosine:
             trial["rejected"] = f"min cosine {p.min_cosine:.5f} < {min_cosine}"
-            dst.unlink(missing_ok=True)
+            onnx_files.remove(dst)
         else:
             built.append((trial, QuantResult(dst, name, p, settings)))
         log.info("int8 %s %s: %s", tower, name, trial)
     for tmp in shaped.values():
         if tmp not in (fp32, fused):
-            tmp.unlink(missing_ok=True)
+            onnx_files.remove(tmp)
     if not built:
         detail = "; ".join(f"{t['recipe']}: {t.get('rejected')}" for t in trials)
         raise ParityError(f"no int8 recipe for the {tower} tower reaches min cosine {min_cosine} ({detail}). "
@@ -420,7 +420,7 @@ def quantize_int8(
                                    if faster and q.parity.min_cosine < PREFERRED_MIN_COSINE else
                                    "as fast within 10 %, less faithful" if faster or trial["ms"] <= fastest * LATENCY_TIE
                                    else "slower")
-            q.path.unlink(missing_ok=True)
+            onnx_files.remove(q.path)
     best.trials = trials
     best.settings["isa"] = int8_targets.isa_record(best.recipe, target)
     return best
