@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crossmodal.durable_files import atomic_write_bytes, file_digest, fsync_dir, fsync_file
+from crossmodal.errors import ArtifactError
 from crossmodal.manifest import (
     BUNDLE_FILE,
+    DATA_FIELDS,
     MANIFEST_FILE,
     MODEL_FILE,
     REFERENCE_FILE,
     TOKENIZER_FILE,
     BundleInfo,
     TowerManifest,
+    read_manifest,
 )
+
+from . import onnx_files
 
 
 def sha256_file(path: Path) -> str:
@@ -63,8 +68,12 @@ def write_tower(
     """Install one tower variant: ``<bundle>/<tower_folder>/<variant>/{model.onnx, manifest.json[, tokenizer.json]}``.
 
     ``manifest_fields`` holds every manifest field except ``sha256`` and
-    ``model_file``, which are computed here. The manifest is validated by the
-    same dataclass the runtime reads it with before anything is installed.
+    ``model_file``, which are computed here. A graph with external data
+    (``onnx_files``: graphs past 2 GB) is installed as ``model.onnx`` +
+    ``model.onnx.data``, and the data file's name, sha256 and size go into the
+    manifest too; both files are staged and renamed into place together.
+    The manifest is validated by the same dataclass the runtime reads it with
+    before anything is installed.
     ``reference_case`` (input arrays + the PyTorch reference output, as numpy
     arrays) is stored as ``reference.npz`` so `crossmodal verify` can re-check
     parity later without torch.
@@ -73,10 +82,13 @@ def write_tower(
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=final.parent))
     try:
-        shutil.copyfile(model_path, staging / MODEL_FILE)
-        fields = dict(manifest_fields)
+        data = onnx_files.copy(model_path, staging / MODEL_FILE)
+        fields = {k: v for k, v in manifest_fields.items() if k not in DATA_FIELDS}
         fields["model_file"] = MODEL_FILE
         fields["sha256"] = sha256_file(staging / MODEL_FILE)
+        if data is not None:
+            fields["data_file"] = data.name
+            fields["data_sha256"], fields["data_bytes"] = file_digest(data)
         fields.setdefault("exporter", exporter_versions())
         manifest = TowerManifest.from_dict(fields, where=f"{tower_folder}/{variant} (being written)")
         if tokenizer_json is not None:
@@ -103,14 +115,24 @@ def write_tower(
 
 
 def copy_tower(src_bundle: Path, src_folder: str, dst_bundle: Path, dst_folder: str, variant: str) -> None:
-    """Copy an already exported tower variant (e.g. a CLIP image tower into a multilingual bundle)."""
+    """Copy an already exported tower variant (e.g. a CLIP image tower into a multilingual bundle).
+
+    Every file of the folder is copied, the graph's external data file with
+    it; the files the manifest names must all be there.
+    """
     src = Path(src_bundle) / src_folder / variant
     dst = Path(dst_bundle) / dst_folder / variant
+    manifest = read_manifest(src)
+    for name in (manifest.model_file, manifest.data_file):
+        if name is not None and not (src / name).is_file():
+            raise ArtifactError(f"{src / name} is missing, so {src} cannot be copied into {dst_bundle}: "
+                                "export that bundle again")
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=dst.parent))
     try:
         for p in src.iterdir():
             shutil.copyfile(p, staging / p.name)
+            fsync_file(staging / p.name)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(staging, dst)

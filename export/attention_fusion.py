@@ -38,10 +38,11 @@ def _const_value(name: str, producers: dict[str, Any], inits: dict[str, Any]) ->
 
 def fuse_attention(src: Path, dst: Path, num_heads: int) -> int:
     """Rewrite ``src`` into ``dst``; returns the number of attention layers fused (0: nothing written)."""
-    import onnx
     from onnx import helper
 
-    model = onnx.load(str(src))
+    from . import onnx_files
+
+    model = onnx_files.load(src)
     g = model.graph
     producers = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[Any]] = {}
@@ -120,7 +121,7 @@ def fuse_attention(src: Path, dst: Path, num_heads: int) -> int:
     g.node.extend(reversed(keep))
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst)
     return fused
 
 

@@ -40,10 +40,11 @@ def quantize_embeddings(src: Path, dst: Path, kind: str = "int8", min_elements: 
 
     Returns one entry per table rewritten; [] when the graph has none (nothing is written).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(src))
+    from . import onnx_files
+
+    model = onnx_files.load(src)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     users: dict[str, int] = {}
@@ -92,7 +93,7 @@ def quantize_embeddings(src: Path, dst: Path, kind: str = "int8", min_elements: 
         return []
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst)
     return done
 
 

@@ -133,17 +133,28 @@ def to_fp16(src: Path, dst: Path) -> tuple[Path, dict[str, Any]]:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src))
+    from . import onnx_files
+
+    infer = True
+    if onnx_files.is_external(src):
+        # The converter infers shapes in memory, which stops at 2 GB; the path-based inference
+        # does not. Written beside ``src``, so the graph's data location still resolves.
+        shaped = src.with_name(f"{src.name}.shapes")
+        onnx.shape_inference.infer_shapes_path(str(src), str(shaped))
+        model, infer = onnx_files.load(shaped), False
+        shaped.unlink()
+    else:
+        model = onnx_files.load(src)
     _ensure_node_names(model)
     present = Counter(n.op_type for n in model.graph.node)
     op_block = sorted(set(FP32_OP_TYPES) | set(DEFAULT_OP_BLOCK_LIST))
     node_block = normalisation_nodes(model)
     converted = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
+        model, keep_io_types=True, op_block_list=op_block, node_block_list=node_block, disable_shape_infer=not infer,
     )
     topological_sort(converted)
-    onnx.checker.check_model(converted)
-    onnx.save(converted, str(dst))
+    onnx_files.save(converted, dst)
+    onnx.checker.check_model(str(dst))  # by path: in memory the checker stops at 2 GB
     kept = {
         "fp32_op_types": sorted(t for t in op_block if t in present),
         "fp32_nodes": sorted(node_block),
@@ -174,7 +185,7 @@ def cpu_emulated_ops(fp16_model: Path) -> dict[str, list[str]]:
         opts.optimized_model_filepath = str(out)
         opts.log_severity_level = 3
         ort.InferenceSession(str(fp16_model), sess_options=opts, providers=["CPUExecutionProvider"])
-        final = onnx.load(str(out))
+        final = onnx.load(str(out), load_external_data=False)  # only its nodes are read
     upcasts = {
         o for n in final.graph.node
         if n.op_type == "Cast" and n.name.startswith("InsertedPrecisionFreeCast")
@@ -207,16 +218,17 @@ def _other_outputs(reference: Sequence[Sequence[NDArray]], got: Sequence[Sequenc
 
 def rounded_weights_copy(src: Path, dst: Path) -> Path:
     """The fp32 graph with every float initializer rounded through fp16 (the fallback measurement)."""
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(src))
+    from . import onnx_files
+
+    model = onnx_files.load(src)
     for init in model.graph.initializer:
         if init.data_type == _FLOAT:
             arr = numpy_helper.to_array(init)
             rounded = np.clip(arr, -65504.0, 65504.0).astype(np.float16).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(rounded, init.name))
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst)
     return dst
 
 

@@ -23,6 +23,8 @@ import collections
 import tempfile
 from pathlib import Path
 
+from . import onnx_files
+
 ORT_LOG_ERRORS_ONLY = 3
 
 
@@ -32,6 +34,9 @@ def _optimized_copy(src: Path, dst: Path, level: str) -> Path:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     opts.optimized_model_filepath = str(dst)
+    if onnx_files.is_external(src):  # else onnxruntime writes the weights inline, which stops at 2 GB
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      onnx_files.data_path(dst).name)
     opts.log_severity_level = ORT_LOG_ERRORS_ONLY
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     return dst

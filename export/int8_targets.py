@@ -154,7 +154,9 @@ def int8_weight_bound(path: Path) -> int:
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path), load_external_data=True).graph
+    from . import onnx_files
+
+    graph = onnx_files.load(path).graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     weights: set[str] = set()

@@ -173,6 +173,12 @@ def write_model(
         platform = "onnxruntime_onnx"
         kind = "KIND_GPU" if variant.startswith("gpu") else "KIND_CPU"
         shutil.copyfile(tower_dir / manifest.model_file, version / _PLATFORM_FILE[platform])
+        if manifest.data_file is not None:
+            # The graph names its weights file by its own name: it goes beside the graph unchanged.
+            if manifest.model_file != _PLATFORM_FILE[platform]:
+                raise ArtifactError(f"{where}: a graph with external data must be named "
+                                    f"{_PLATFORM_FILE[platform]} to be renamed into Triton's layout; re-export the bundle")
+            shutil.copyfile(tower_dir / manifest.data_file, version / manifest.data_file)
     text = model_config(name, manifest, platform=platform, kind=kind, settings=settings,
                         cc_model_filenames=cc_files, where=where)
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")

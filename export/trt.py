@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from crossmodal.errors import ArtifactError, InputError
 from crossmodal.gpu import DeviceInfo, EngineInfo, TensorRTSession, current_device, engine_file_name, engine_info_path, engine_manifest_json
-from crossmodal.manifest import MANIFEST_FILE, REFERENCE_FILE, TOKENIZER_FILE, TowerManifest, read_bundle, read_manifest
+from crossmodal.manifest import (DATA_FIELDS, MANIFEST_FILE, REFERENCE_FILE, TOKENIZER_FILE, TowerManifest, read_bundle,
+                                 read_manifest)
 from crossmodal.variants import TENSORRT, engine_variant
 
 from .artifact import sha256_file, write_json_atomic
@@ -287,6 +288,8 @@ def install_engine(
             shutil.copyfile(src / name, dst / name)
     if info.precision == "fp16":
         fields = read_manifest(src).to_dict()
+        for key in DATA_FIELDS:  # the engine is one file; TensorRT's parser read the ONNX graph's data file
+            fields.pop(key, None)
         fields.update(
             variant=VARIANT, model_file=engine.name, sha256=sha256_file(engine), precision="fp16",
             graph_rewrites=[], quantization=None,

@@ -4,6 +4,7 @@ A bundle directory looks like::
 
     <bundle>/bundle.json
     <bundle>/<tower>/<variant>/model.onnx
+    <bundle>/<tower>/<variant>/model.onnx.data   (only graphs past protobuf's 2 GB: their weights)
     <bundle>/<tower>/<variant>/manifest.json
     <bundle>/text/<variant>/tokenizer.json
 
@@ -12,11 +13,17 @@ exporter writes these files (``crossmodal.export.artifact``); the runtime only
 reads them, through the frozen dataclasses below, which validate themselves so
 that a hand-edited or truncated file fails at load time with a message naming
 the file, never later inside onnxruntime.
+
+A graph too large for one protobuf file keeps its weights in onnx's external
+data format: one data file beside ``model_file``, named in the manifest
+(``data_file``) with its own sha256 and size. Manifests without ``data_file``
+(every bundle written before, and every graph under 2 GB) describe one file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +37,9 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"  # inputs + PyTorch outputs, re-checked by `crossmodal verify`
+# Fields of a graph's external data file; absent from manifests of one-file graphs.
+DATA_FIELDS = ("data_file", "data_sha256", "data_bytes")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 TOWERS = ("image", "text", "rerank")
 RESIZE_MODES = ("shortest_edge", "square")
@@ -40,6 +50,11 @@ TEXT_CLEANINGS = ("none", "clip", "albef", "bert")
 def _require(cond: bool, where: str, what: str) -> None:
     if not cond:
         raise ArtifactError(f"{where}: {what}. Re-export the bundle with `crossmodal export`.")
+
+
+def _plain_name(name: str) -> bool:
+    """A file or folder name inside its parent, not a path."""
+    return "/" not in name and "\\" not in name and name not in ("", ".", "..")
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,10 @@ class TowerManifest:
     normalized: bool
     sha256: str
     model_file: str = MODEL_FILE
+    # The graph's external data file (its weights, for graphs past 2 GB), next to model_file; None: one file.
+    data_file: str | None = None
+    data_sha256: str = ""
+    data_bytes: int = 0
     preprocess: ImagePreprocess | None = None
     text: TextSettings | None = None
     parity: Mapping[str, Any] = field(default_factory=dict)
@@ -189,6 +208,13 @@ class TowerManifest:
             _require(self.preprocess is not None, where, "an image tower needs a `preprocess` section")
         if self.tower == "text":
             _require(self.text is not None, where, "a text tower needs a `text` section")
+        if self.data_file is not None:
+            _require(_plain_name(self.data_file) and self.data_file != self.model_file, where,
+                     f"data_file {self.data_file!r} must be a file name next to {self.model_file}")
+            _require(bool(_SHA256.fullmatch(self.data_sha256)), where,
+                     f"data_sha256 of {self.data_file} must be 64 lowercase hex digits")
+            _require(isinstance(self.data_bytes, int) and self.data_bytes > 0, where,
+                     f"data_bytes of {self.data_file} must be a positive size")
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -211,6 +237,9 @@ class TowerManifest:
                 normalized=bool(d["normalized"]),
                 sha256=str(d["sha256"]),
                 model_file=str(d.get("model_file", MODEL_FILE)),
+                data_file=None if d.get("data_file") is None else str(d["data_file"]),
+                data_sha256=str(d.get("data_sha256") or ""),
+                data_bytes=int(d.get("data_bytes") or 0),
                 preprocess=None if d.get("preprocess") is None else ImagePreprocess.from_dict(d["preprocess"]),
                 text=None if d.get("text") is None else TextSettings.from_dict(d["text"]),
                 parity=dict(d.get("parity") or {}),
@@ -226,7 +255,11 @@ class TowerManifest:
             raise ArtifactError(f"{where}: missing or malformed field {exc!s}. Re-export the bundle.") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.data_file is None:  # one-file manifests stay as they were before data files
+            for key in DATA_FIELDS:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -251,7 +284,7 @@ class BundleInfo:
         _require(bool(self.towers) and set(self.towers) <= set(TOWERS), where,
                  f"towers must map names from {TOWERS} to folders")
         for folder in self.towers.values():
-            _require("/" not in folder and "\\" not in folder and folder not in ("", ".", ".."), where,
+            _require(_plain_name(folder), where,
                      f"tower folder {folder!r} must be a plain folder name inside the bundle")
 
     @classmethod

@@ -96,6 +96,29 @@ def make_session(
         ) from exc
 
 
+def check_data_file(tower_dir: Path, manifest: "TowerManifest") -> None:
+    """Raise ArtifactError when the graph's external data file (if it has one) is missing or not its recorded size.
+
+    onnxruntime finds the file by itself (the graph is opened by path), but
+    without it fails deep inside with a message about some tensor. The size is
+    checked here, at every load, because it is free; the sha256 is checked by
+    `crossmodal verify`, because hashing gigabytes at every load is not.
+    """
+    if manifest.data_file is None:
+        return
+    path = Path(tower_dir) / manifest.data_file
+    what = (f"the weights of {manifest.model_file} ({manifest.data_bytes} bytes, named in manifest.json) belong "
+            f"there. Copy the folder {tower_dir} again with both files, or re-export the bundle; "
+            "`crossmodal verify` re-checks both files' sha256")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: {what}") from None
+    if size != manifest.data_bytes:
+        raise ArtifactError(f"{path} has {size} bytes, not {manifest.data_bytes}: it is truncated or from another "
+                            f"export; {what}")
+
+
 def open_session(
     tower_dir: Path,
     manifest: "TowerManifest",
@@ -108,7 +131,8 @@ def open_session(
 ) -> Any:
     """The session that runs the tower folder ``<bundle>/<tower>/<variant>``, chosen by the table's ``engine``.
 
-    * ``onnxruntime``: ``manifest.model_file`` on the variant's providers.
+    * ``onnxruntime``: ``manifest.model_file`` on the variant's providers (its ``data_file``, when it has
+      one, is checked first: :func:`check_data_file`).
     * ``onnxruntime-cuda``: the same, wrapped for IO binding when CUDA really runs it;
       without CUDA, ProviderUnavailableError naming what to install, or (``allow_cpu_fallback``)
       the same graph on the CPU provider.
@@ -134,6 +158,7 @@ def open_session(
             if not allow_cpu_fallback or row.source is None:
                 raise
         return _open_source(tower_dir, row.source, threads=threads, spin=spin)
+    check_data_file(tower_dir, manifest)
     session = make_session(tower_dir / manifest.model_file, variant, threads=threads,
                            allow_cpu_fallback=allow_cpu_fallback, providers=providers, spin=spin)
     if row.engine == ONNXRUNTIME_CUDA:
@@ -157,4 +182,4 @@ def _open_source(tower_dir: Path, source: str, *, threads: int | None, spin: boo
                         spin=spin)
 
 
-__all__ = ["import_onnxruntime", "providers_for", "make_session", "open_session"]
+__all__ = ["check_data_file", "import_onnxruntime", "providers_for", "make_session", "open_session"]

@@ -1,6 +1,7 @@
 """`crossmodal verify`: re-check every graph of a bundle against what the exporter recorded.
 
-Two checks per tower variant: the model file's sha256 equals the manifest's,
+Two checks per tower variant: the model file's sha256 equals the manifest's
+(and so does its external data file's, for graphs that have one),
 and the graph, run here, reproduces the PyTorch reference output stored at
 export time (``reference.npz``) within the manifest's parity thresholds. No
 torch needed: the reference was computed by the exporter.
@@ -75,6 +76,16 @@ def _check(tower_dir: Path, manifest: TowerManifest) -> VerifyResult:
     digest = file_digest(model)[0]
     if digest != manifest.sha256:
         return VerifyResult(*tag, False, f"sha256 mismatch: file {digest[:12]}..., manifest {manifest.sha256[:12]}...")
+    if manifest.data_file is not None:
+        data = tower_dir / manifest.data_file
+        if not data.is_file():
+            return VerifyResult(*tag, False, f"{data} is missing (the weights of {manifest.model_file}): copy it "
+                                "again with the graph or re-export the bundle")
+        digest, size = file_digest(data)
+        if digest != manifest.data_sha256:
+            return VerifyResult(*tag, False, f"sha256 mismatch of {data} ({size} bytes, manifest "
+                                f"{manifest.data_bytes}): file {digest[:12]}..., manifest {manifest.data_sha256[:12]}...; "
+                                "copy it again with the graph or re-export the bundle")
     ref_path = tower_dir / REFERENCE_FILE
     if not ref_path.is_file():
         return VerifyResult(*tag, True, "sha256 ok; no reference.npz, parity not re-checked")
