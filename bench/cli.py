@@ -8,6 +8,7 @@ Examples::
     crossmodal bench --scenarios g                      # int8 fidelity on trained all-MiniLM-L6-v2
     crossmodal bench --scenarios h                      # index recall@10 at 100k vectors (HNSW, exact, default)
     crossmodal bench --scenarios serve --out docs/bench # `crossmodal serve` under load (crossmodal.bench.serve_load)
+    crossmodal bench --scenarios text --text-towers mbert --out docs/bench   # text graphs (crossmodal.bench.text_graphs)
 
 Every timing runs in fresh worker processes (``crossmodal.bench.worker``),
 torch and onnxruntime never in the same process, engines alternating, with
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "h index recall at --recall-size vectors, r roofline: this machine's peaks and each tower's "
                         "floor, as multiples in (a)'s table (default: all; --quick: abcdefr); "
                         "'serve' (comma-separated from the letters): the HTTP service under load, "
-                        "see python -m crossmodal.bench.serve_load --help")
+                        "see python -m crossmodal.bench.serve_load --help; 'text': text towers of M-BERT / ALBEF / "
+                        "CLIP, node counts and floor multiples (see the options below)")
     p.add_argument("--processes", type=int, help="fresh processes per engine and scenario (default 3; --quick 1)")
     p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
     p.add_argument("--image-batches", type=_ints, help="image tower batch sizes (default 1,8,16,32)")
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-size", type=lambda s: _ints(s)[0], default=100_000,
                    help="vectors in the (h) recall measurement (default 100000)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (matplotlib not needed)")
+    text = p.add_argument_group("scenario 'text' (crossmodal.bench.text_graphs): text towers of other families, "
+                                "node counts before / after the export, latency as floor multiples")
+    text.add_argument("--text-towers", default="mbert,albef",
+                      help="comma list of mbert, albef, clip (default mbert,albef; full-size random weights)")
+    text.add_argument("--text-threads", type=_ints, default=(1, 2), help="thread counts to measure (default 1,2)")
+    text.add_argument("--tokens", type=lambda s: _ints(s)[0], default=12, help="tokens per text (default 12)")
+    text.add_argument("--prepare-only", action="store_true",
+                      help="export the towers and count their nodes, no timing (exports take minutes: run niced)")
     return p
 
 
@@ -82,6 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_from_bench(args, "crossmodal bench " + " ".join(shlex.quote(a) for a in argv))
         args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "serve")
+        if not args.scenarios:
+            return 0
+    if "text" in (args.scenarios or "").split(","):
+        from .text_graphs import run as run_text_graphs
+
+        run_text_graphs(args, "crossmodal bench " + " ".join(shlex.quote(a) for a in argv))
+        args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "text")
         if not args.scenarios:
             return 0
     args.scenarios = args.scenarios or (QUICK_SCENARIOS if args.quick else ALL_SCENARIOS)

@@ -269,12 +269,28 @@ def graph_costs(model_path: str | Path, shape_sets: list[Mapping[str, tuple[int,
     """:func:`graph_cost` at each of ``shape_sets``, from one session."""
     import onnx
 
+    import tempfile
+
     model = onnx.load(str(model_path), load_external_data=False)
     names = [n.name for n in model.graph.node]
-    if len(set(names)) != len(names) or "" in names:
-        raise RooflineError(f"{model_path}: node names are missing or repeated; the profile cannot be matched")
-    graph = _Graph(model, str(model_path))
-    return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(Path(model_path), shape_sets), shape_sets)]
+    if len(set(names)) == len(names) and "" not in names:
+        graph = _Graph(model, str(model_path))
+        return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(Path(model_path), shape_sets), shape_sets)]
+    # The profile is matched by node name: onnxruntime's transformer optimizer leaves some nodes
+    # unnamed (the M-BERT fp32 graph), so count on a copy whose every node has a name of its own.
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise RooflineError(f"{model_path}: node names are missing or repeated and the weights are external; "
+                            "the profile cannot be matched")
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}__roofline_{i}"
+        seen.add(node.name)
+    with tempfile.TemporaryDirectory(prefix="roofline-named-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx.save(model, str(named))
+        graph = _Graph(model, str(model_path))
+        return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(named, shape_sets), shape_sets)]
 
 
 class _Graph:
@@ -467,13 +483,8 @@ __all__ = ["Peaks", "GraphCost", "RooflineError", "measure_peaks", "median_peaks
            "tower_shapes", "CostCache", "annotate", "floor_table", "ENGINE_GRAPH"]
 
 
-def scenario_roofline(bundle: Path, runner: Any, rows: list[dict[str, Any]], *, processes: int, quick: bool,
-                      image_batches: Iterable[int], tokens: int, log: Any = print) -> dict[str, Any]:
-    """Measure the peaks in ``processes`` fresh workers, count the towers' work, and annotate the (a) rows.
-
-    Returns the ``roofline`` section of the result: peaks (median over processes),
-    floors of each tower at batch 1 (text at ``tokens`` tokens) and at each image batch.
-    """
+def worker_peaks(runner: Any, *, processes: int, quick: bool, log: Any = print) -> Peaks:
+    """This machine's peaks on the runner's thread count: the median over ``processes`` fresh workers."""
     budget = Budget(seconds=0.2, warmup_seconds=0.05, min_runs=3) if quick else Budget(seconds=1.5, min_runs=5)
     job = {"kind": "peaks", "budget": budget.to_dict(), "gemm_size": 256 if quick else GEMM_SIZE,
            "bandwidth_mib": 16 if quick else BANDWIDTH_MIB}
@@ -481,9 +492,19 @@ def scenario_roofline(bundle: Path, runner: Any, rows: list[dict[str, Any]], *, 
     for k in range(processes):
         res = runner.run_job(job)
         runs.append(Peaks.from_dict(res["peaks"]))
-        log(f"  peaks {k + 1}/{processes}: fp32 {runs[-1].fp32_gflops:.0f} GFLOP/s, int8 {runs[-1].int8_gops:.0f} GOP/s, "
-            f"{runs[-1].bandwidth_gbs:.1f} GB/s")
-    peaks = median_peaks(runs)
+        log(f"  peaks {k + 1}/{processes} ({runner.threads} threads): fp32 {runs[-1].fp32_gflops:.0f} GFLOP/s, "
+            f"int8 {runs[-1].int8_gops:.0f} GOP/s, {runs[-1].bandwidth_gbs:.1f} GB/s")
+    return median_peaks(runs)
+
+
+def scenario_roofline(bundle: Path, runner: Any, rows: list[dict[str, Any]], *, processes: int, quick: bool,
+                      image_batches: Iterable[int], tokens: int, log: Any = print) -> dict[str, Any]:
+    """Measure the peaks in ``processes`` fresh workers, count the towers' work, and annotate the (a) rows.
+
+    Returns the ``roofline`` section of the result: peaks (median over processes),
+    floors of each tower at batch 1 (text at ``tokens`` tokens) and at each image batch.
+    """
+    peaks = worker_peaks(runner, processes=processes, quick=quick, log=log)
     costs = CostCache(bundle)
     log("  counting each tower's work (one run per graph and token count) ...")
     annotate(rows, peaks, costs)
@@ -491,4 +512,4 @@ def scenario_roofline(bundle: Path, runner: Any, rows: list[dict[str, Any]], *, 
     return {"peaks": peaks.to_dict(), "floors": floors}
 
 
-__all__ += ["scenario_roofline"]
+__all__ += ["scenario_roofline", "worker_peaks"]

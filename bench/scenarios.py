@@ -97,24 +97,33 @@ def _rows(scenario: str, per_engine: dict[str, dict[str, dict[str, Any]]], items
 # ----------------------------------------------------------------------------- inputs
 
 
-def _tokenizer(cfg: Config) -> Any:
+def bundle_tokenizer(bundle: Path) -> Any:
+    """The text tower's tokenizer of ``bundle``, as the runtime builds it."""
     from crossmodal.manifest import read_manifest
     from crossmodal.text import TextTokenizer
 
-    tower = cfg.model.bundle / "text" / "cpu-fp32"
+    tower = bundle / "text" / "cpu-fp32"
     m = read_manifest(tower)
     assert m.text is not None
     return TextTokenizer.from_file(tower / m.text.tokenizer_file, m.text)
 
 
-def query_texts(cfg: Config, n: int) -> list[str]:
-    """``n`` captions of exactly ``query_tokens`` tokens (start and end tokens included) when possible."""
-    tok = _tokenizer(cfg)
+def texts_of_length(tok: Any, tokens: int, n: int) -> list[str]:
+    """``n`` captions of exactly ``tokens`` tokens under ``tok`` (special tokens included) when possible."""
     pool = captions(2000, seed=3)
     lengths = [int(tok.encode([c])["attention_mask"].sum()) for c in pool]
-    exact = [c for c, ln in zip(pool, lengths) if ln == cfg.query_tokens]
-    near = [c for c, ln in sorted(zip(pool, lengths), key=lambda cl: abs(cl[1] - cfg.query_tokens))]
+    exact = [c for c, ln in zip(pool, lengths) if ln == tokens]
+    near = [c for c, ln in sorted(zip(pool, lengths), key=lambda cl: abs(cl[1] - tokens))]
     return (exact + [c for c in near if c not in exact])[:n]
+
+
+def _tokenizer(cfg: Config) -> Any:
+    return bundle_tokenizer(cfg.model.bundle)
+
+
+def query_texts(cfg: Config, n: int) -> list[str]:
+    """``n`` captions of exactly ``query_tokens`` tokens (start and end tokens included) when possible."""
+    return texts_of_length(_tokenizer(cfg), cfg.query_tokens, n)
 
 
 def tower_inputs(cfg: Config) -> Path:
@@ -284,4 +293,4 @@ def scenario_size() -> list[dict[str, Any]]:
 
 
 __all__ = ["Config", "scenario_towers", "scenario_image_e2e", "scenario_text_query", "scenario_cold", "scenario_size",
-           "fidelity", "query_texts"]
+           "fidelity", "query_texts", "bundle_tokenizer", "texts_of_length"]

@@ -87,13 +87,14 @@ def build_mbert(folder: Path, *, tiny: bool) -> Built:
     if not (st_dir / "modules.json").is_file():
         _write_st_distilbert(st_dir, card, tiny=tiny)
     parts = read_parts(st_dir)
-    arch = card["base_architecture"]
-    sizes = "tiny widths" if tiny else f"{arch['layers']} layers x {arch['hidden']}, {arch['vocab_size']:,}-row token table"
+    cfg = parts.transformer.config
+    sizes = (f"{cfg.n_layers} layers x {cfg.dim}, {cfg.vocab_size:,}-row token table, mean pooling, "
+             f"Dense {cfg.dim} -> {parts.dim}")
     return Built(build_text_spec(parts), {
         "family": "mbert", "space": st_dir.name, "dim": parts.dim, "logit_scale": TEXT_ONLY_LOGIT_SCALE,
         "source": {"model": str(st_dir), "format": parts.fmt, "architecture_of": card["hub_id"], "weights": "random"}},
-        f"{card['hub_id']} architecture (DistilBERT multilingual, {sizes}, mean pooling, Dense "
-        f"{card['projection'][0]['in']} -> {card['projection'][0]['out']}), random weights, bert-base-uncased vocabulary")
+        f"{card['hub_id']} architecture{' (tiny widths)' if tiny else ''}: DistilBERT multilingual, {sizes}; "
+        "random weights, bert-base-uncased vocabulary")
 
 
 def _write_st_distilbert(out: Path, card: dict[str, Any], *, tiny: bool) -> None:
@@ -162,7 +163,7 @@ def build_albef(folder: Path, *, tiny: bool) -> Built:
     return Built(spec, {
         "family": "albef", "space": f"albef:{ALBEF_CARD}-random", "dim": config.embed_dim, "logit_scale": logit_scale(config.temp),
         "source": {"config": ALBEF_CARD, "weights": "random", "text_config": dataclasses.asdict(config.text)}},
-        f"ALBEF 4M text tower ({layers} BERT-base text-mode layers, {config.text.vocab_size:,}-row token table, "
+        f"ALBEF 4M text tower{' (tiny widths)' if tiny else ''} ({layers} BERT text-mode layers x {config.text.hidden_size}, {config.text.vocab_size:,}-row token table, "
         f"[CLS] -> text_proj {config.text.hidden_size} -> {config.embed_dim}, token states as a second output), "
         "random weights, bert-base-uncased vocabulary")
 

@@ -11,7 +11,9 @@ Engines:
   attention implementation), ``torch.inference_mode``;
 * ``torch-bf16``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``,
   the strongest PyTorch setting on CPUs with AVX-512 BF16;
-* ``crossmodal-<variant>``: the lean runtime (``crossmodal.load``), no torch imported.
+* ``crossmodal-<variant>``: the lean runtime (``crossmodal.load``), no torch imported;
+* ``torch-fp32`` with a ``torch_module`` path in the job: that saved module instead of CLIPModel
+  (the text towers of other families, ``crossmodal.bench.text_graphs``).
 
 Jobs (``kind``): ``towers`` (scenario a), ``image_e2e`` (b), ``text_query`` (c),
 ``cold`` (d and e), ``peaks`` (the roofline's peaks, ``crossmodal.bench.roofline``). Embeddings computed on the timed inputs are saved to
@@ -91,6 +93,24 @@ class TorchClip:
             return self.torch.nn.functional.normalize(f.float(), dim=-1).numpy()
 
 
+class TorchModule:
+    """A tower module saved whole (``torch.save``) by the text-graphs scenario: the very module the export
+    traced, fp32, ``torch.inference_mode``; inputs in the graph's input order, output 0 (the embedding)."""
+
+    def __init__(self, path: str, threads: int, input_names: list[str]):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.module = torch.load(path, weights_only=False).eval()
+        self.names = list(input_names)
+
+    def text(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+        with self.torch.inference_mode():
+            out = self.module(*(self.torch.from_numpy(feeds[n]) for n in self.names))
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
+
+
 class CrossmodalClip:
     """The lean runtime: ``crossmodal.load`` of one bundle variant."""
 
@@ -110,6 +130,8 @@ class CrossmodalClip:
 
 def make_engine(job: dict[str, Any], modality: str | None = None) -> Any:
     engine = job["engine"]
+    if engine == "torch-fp32" and job.get("torch_module"):
+        return TorchModule(job["torch_module"], job["threads"], job["input_names"])
     if engine in ("torch-fp32", "torch-bf16"):
         return TorchClip(job["hf_dir"], job["threads"], bf16=engine == "torch-bf16")
     if engine.startswith("crossmodal-"):
