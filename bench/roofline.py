@@ -483,9 +483,10 @@ __all__ = ["Peaks", "GraphCost", "RooflineError", "measure_peaks", "median_peaks
            "tower_shapes", "CostCache", "annotate", "floor_table", "ENGINE_GRAPH"]
 
 
-def worker_peaks(runner: Any, *, processes: int, quick: bool, log: Any = print) -> Peaks:
-    """This machine's peaks on the runner's thread count: the median over ``processes`` fresh workers."""
-    budget = Budget(seconds=0.2, warmup_seconds=0.05, min_runs=3) if quick else Budget(seconds=1.5, min_runs=5)
+def worker_peaks(runner: Any, *, processes: int, quick: bool, log: Any = print, seconds: float = 1.5) -> Peaks:
+    """This machine's peaks on the runner's thread count: the median over ``processes`` fresh workers,
+    each microbenchmark measured for ``seconds``."""
+    budget = Budget(seconds=0.2, warmup_seconds=0.05, min_runs=3) if quick else Budget(seconds=seconds, min_runs=5)
     job = {"kind": "peaks", "budget": budget.to_dict(), "gemm_size": 256 if quick else GEMM_SIZE,
            "bandwidth_mib": 16 if quick else BANDWIDTH_MIB}
     runs = []

@@ -34,6 +34,9 @@ VARIANTS = ("cpu-fp32", "cpu-int8")
 ENGINES = ("crossmodal-cpu-fp32", "crossmodal-cpu-int8", "torch-fp32")
 TARGET_X_FLOOR = 3.0  # issue 15: text int8 at batch 1 (12 tokens) <= 3x its floor
 RESULT_NAME = "text_graphs"
+# Per peak microbenchmark and process: 30+ GEMMs of 1024^3, enough for a stable median, and short enough
+# that peaks at two thread counts plus three engines fit one paused-machine window of < 3 minutes per tower.
+PEAK_SECONDS = 0.5
 
 
 def run(args: Any, command: str, log: Callable[[str], None] = print) -> dict[str, Any] | None:
@@ -77,7 +80,7 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
     per_tower: dict[str, Any] = {name: {"prepared": p, "rows": []} for name, p in prepared.items()}
     for t in threads:
         runner = Runner(threads=t, log=log)
-        peaks[t] = worker_peaks(runner, processes=processes, quick=quick, log=log)
+        peaks[t] = worker_peaks(runner, processes=processes, quick=quick, log=log, seconds=PEAK_SECONDS)
         for name, p in prepared.items():
             jobs = {e: {"kind": "towers", "engine": e, "bundle": p["bundle"], "hf_dir": "", "torch_module": p["torch_module"],
                         "input_names": p["input_names"], "inputs": str(inputs[name]), "image_batches": [],
