@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--tokens", type=lambda s: _ints(s)[0], default=12, help="tokens per text (default 12)")
     text.add_argument("--prepare-only", action="store_true",
                       help="export the towers and count their nodes, no timing (exports take minutes: run niced)")
+    text.add_argument("--recount-floors", action="store_true",
+                      help="count the floors of OUT/text_graphs.json again from its recorded peaks, no timing")
     return p
 
 

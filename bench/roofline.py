@@ -17,13 +17,15 @@ best with these kernels.
 * **Work** (:func:`graph_cost`), counted from the ONNX graph that runs, with
   the actual input shapes (one run of the graph at the case's batch and token
   count, the shapes read from onnxruntime's profile): 2 x multiply-adds of every MatMul / Gemm / Conv and their
-  integer and fused forms. A GEMM counts as int8 when it is an integer op or
+  integer and fused forms (onnxruntime's fused ``Attention``: its packed Q/K/V
+  projection and the attention itself). A GEMM counts as int8 when it is an integer op or
   both its operands come from DequantizeLinear (onnxruntime fuses those into
   integer kernels); the rest is fp32. Elementwise work (LayerNorm, softmax,
   GELU) is not counted: it is small next to the GEMMs of these towers, and
   leaving it out keeps the floor a lower bound. Weight bytes: every
-  initializer once, except tables read through Gather (token embeddings),
-  which count only the rows gathered (12 of 49,408 at batch 1).
+  initializer once, except tables read through Gather or onnxruntime's
+  ``EmbedLayerNormalization`` (token, position, segment embeddings), which
+  count only the rows looked up (12 of 49,408 at batch 1).
 * **Floor** (:func:`floor_ms`) = int8 FLOPs / int8 peak + fp32 FLOPs / fp32
   peak + weight bytes / bandwidth: the time if every GEMM ran at peak and the
   weights streamed once from memory, without overlap. A multiple of 1.0 is
@@ -51,7 +53,11 @@ CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "FusedConv"}
 ATTENTION_OPS = {"MultiHeadAttention"}
 INTEGER_OPS = {"MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm",
                "ConvInteger", "QLinearConv"}
-COUNTED_OPS = MATMUL_OPS | GEMM_OPS | CONV_OPS | ATTENTION_OPS | {"MatMulNBits"}
+# onnxruntime's fused BERT attention: the Q/K/V projection (input 1, the packed weights) and the attention itself.
+PACKED_ATTENTION_OPS = {"Attention"}
+COUNTED_OPS = MATMUL_OPS | GEMM_OPS | CONV_OPS | ATTENTION_OPS | PACKED_ATTENTION_OPS | {"MatMulNBits"}
+# onnxruntime's fused BERT embedding: token / position / segment tables (inputs 2, 3, 4) read by the rows looked up.
+EMBED_LN_TABLES = {2: "tokens", 3: "positions", 4: "tokens"}
 # Where the B / weight operand sits (QLinear* put scales and zero points between the operands).
 _B_INDEX = {"QLinearMatMul": 3, "QLinearConv": 3, "QGemm": 3}
 
@@ -357,19 +363,40 @@ class _Graph:
         weight_bytes = 0
         for name, (ds, dtype) in self.weights.items():
             uses = self.consumers.get(name, [])
-            if uses and all(n.op_type == "Gather" and i == 0 and int(_attr(n, "axis", 0)) == 0 for n, i in uses):
+            if uses and all(_is_lookup(n, i) for n, i in uses):
                 # An embedding table: only the rows looked up are read.
-                rows = sum(int(np.prod(self.io(n, ran)[0][1], dtype=np.int64)) for n, _ in uses)
-                weight_bytes += rows * _tensor_bytes(ds[1:], dtype)
+                rows = sum(self._rows_looked_up(n, i, ran) for n, i in uses)
+                weight_bytes += min(rows, ds[0]) * _tensor_bytes(ds[1:], dtype)
             else:
                 weight_bytes += _tensor_bytes(ds, dtype)
         return GraphCost(int8_flops=int8, fp32_flops=fp32, weight_bytes=int(weight_bytes), gemms=gemms,
                          shapes={k: tuple(v) for k, v in shapes.items()})
 
 
+    def _rows_looked_up(self, node: Any, index: int, ran: Profile) -> int:
+        ins = self.io(node, ran)[0]
+        if node.op_type == "Gather":
+            return int(np.prod(ins[1], dtype=np.int64))
+        ids = ins[0]  # EmbedLayerNormalization: input_ids [B, S]; positions are shared by the batch
+        return int(ids[1]) if EMBED_LN_TABLES[index] == "positions" else int(np.prod(ids, dtype=np.int64))
+
+
+def _is_lookup(node: Any, index: int) -> bool:
+    if node.op_type == "Gather":
+        return index == 0 and int(_attr(node, "axis", 0)) == 0
+    return node.op_type == "EmbedLayerNormalization" and index in EMBED_LN_TABLES
+
+
 def _node_flops(node: Any, ins: Mapping[int, list[int]], out: list[int]) -> tuple[float, bool]:
     """2 x multiply-adds of one GEMM-like node, and whether it runs on integer kernels by itself."""
     op = node.op_type
+    if op in PACKED_ATTENTION_OPS:
+        # x [B, S, K] @ W [K, Hq + Hk + Hv], then softmax(Q K^T) V over the same sequence (no past state).
+        x, w = ins[0], ins[1]
+        sizes = _attr(node, "qkv_hidden_sizes", None)
+        _, hk, hv = (list(sizes) if sizes else [w[1] // 3] * 3)
+        b, sq = x[0], x[1]
+        return 2.0 * b * sq * x[2] * w[1] + 2.0 * b * sq * sq * (hk + hv), False
     if op in ATTENTION_OPS:
         # softmax(Q K^T) V: Sq x Skv dot products of the key width, then of the value width.
         q, k, v = ins[0], ins.get(1), ins.get(2)

@@ -13,6 +13,7 @@ latency as a multiple of this machine's floor (issue 15, item 3).
    alternating (``crossmodal.bench.runner``); min and median of the per-process medians;
 4. one onnxruntime profile of each graph at batch 1, one thread: time and node runs by op type.
 
+``--recount-floors`` counts the floors of ``OUT/text_graphs.json`` again from its recorded peaks (no timing).
 ``--prepare-only`` stops after step 1 (exports take minutes: run them niced, outside any timing). Results go
 to ``OUT/text_graphs.json`` and ``OUT/text_graphs.md``; towers measured in earlier runs stay in those files
 with their own run, peaks and machine, so one tower can be measured at a time.
@@ -45,6 +46,10 @@ def run(args: Any, command: str, log: Callable[[str], None] = print) -> dict[str
 
     out: Path = args.out
     work: Path = args.work or out / ".work"
+    if args.recount_floors:
+        recount(out / f"{RESULT_NAME}.json")
+        log(f"recounted the floors in {out / (RESULT_NAME + '.md')}")
+        return None
     towers = [t for t in args.text_towers.split(",") if t]
     log(f"scenario text: preparing {', '.join(towers)} (exported once, cached in {work / 'text-towers'}) ...")
     prepared = {name: prepare(name, work, tiny=args.quick, log=log) for name in towers}
@@ -66,7 +71,7 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Peaks, floors, latencies and op profiles of the prepared towers, in one run."""
     from .env import environment
-    from .roofline import CostCache, floor_ms, worker_peaks
+    from .roofline import CostCache, worker_peaks
     from .runner import Runner
 
     t0 = time.time()
@@ -91,13 +96,7 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
             per_tower[name]["rows"] += latency_rows(name, results, outputs, threads=t)
     log("  counting each graph's work (one profiled run per graph) ...")
     for name, tower in per_tower.items():
-        for r in tower["rows"]:
-            variant = "cpu-int8" if r["engine"] == "crossmodal-cpu-int8" else "cpu-fp32"
-            cost = costs[name].get("text", variant, r["batch"], tokens)
-            r["floor_ms"] = floor_ms(cost, peaks[r["threads"]])
-            r["floor_of"] = variant
-            r["cost"] = cost.to_dict()
-            r["x_floor"] = r["p50_ms"] / r["floor_ms"]
+        annotate_floors(tower["rows"], costs[name], peaks, tokens)
         feeds = dict(np.load(inputs[name]))
         b1 = {k.split("__", 1)[1]: v for k, v in feeds.items() if k.startswith(f"text_b{min(batches)}__")}
         tower["op_profile"] = {v: op_profile(Path(tower["prepared"]["graphs"][v]["path"]), b1, threads=1,
@@ -105,6 +104,35 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
         tower["run"] = {**run_info, "peaks": {str(t): p.to_dict() for t, p in peaks.items()},
                         "elapsed_s": round(time.time() - t0, 1)}
     return {"towers": per_tower}
+
+
+def annotate_floors(rows: list[dict[str, Any]], costs: Any, peaks: dict[int, Any], tokens: int) -> None:
+    """Each row's floor at its batch and thread count (torch-fp32 against the fp32 graph) and p50 / floor."""
+    from .roofline import floor_ms
+
+    for r in rows:
+        variant = "cpu-int8" if r["engine"] == "crossmodal-cpu-int8" else "cpu-fp32"
+        cost = costs.get("text", variant, r["batch"], tokens)
+        r["floor_ms"] = floor_ms(cost, peaks[r["threads"]])
+        r["floor_of"] = variant
+        r["cost"] = cost.to_dict()
+        r["x_floor"] = r["p50_ms"] / r["floor_ms"]
+
+
+def recount(path: Path) -> dict[str, Any]:
+    """Floors of a result file counted again with this revision's roofline, from the peaks each run measured
+    (no timing: for a fix in the work counting, the latencies and peaks stay those measured)."""
+    from .roofline import CostCache, Peaks
+
+    result = json.loads(path.read_text())
+    for tower in result["towers"].values():
+        run = tower.get("run")
+        if run:
+            peaks = {int(t): Peaks.from_dict(p) for t, p in run["peaks"].items()}
+            annotate_floors(tower["rows"], CostCache(Path(tower["prepared"]["bundle"])), peaks, int(run["tokens"]))
+            run["floors_recounted"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    write(result, path.parent)
+    return result
 
 
 def write_inputs(prepared: dict[str, Any], work: Path, tokens: int, batches: Sequence[int]) -> Path:
@@ -315,4 +343,4 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 __all__ = ["run", "measure", "latency_rows", "op_profile", "summarize_profile", "merge", "write", "markdown",
-           "write_inputs", "TARGET_X_FLOOR"]
+           "write_inputs", "annotate_floors", "recount", "TARGET_X_FLOOR"]
