@@ -44,6 +44,7 @@ EXPORT_MODULES = frozenset({
     "test_custom_export.py",
     "test_export_memory.py",
     "test_export_pipeline.py",
+    "test_external_data.py",
     "test_fp16.py",
     "test_int8_calibration.py",
     "test_mbert_export.py",
