@@ -238,20 +238,60 @@ class _Reader:
         return next(self._it, None)
 
 
-# Calibration folds each batch's activations into the min/max ranges before running the next
-# (onnxruntime's strided MinMax, window of one batch), so memory holds one batch's activations,
-# not every batch's. Not ``CalibMaxIntermediateOutputs``: onnxruntime 1.32 discards every
-# window of that many batches without folding it into the ranges (calibrate.py, collect_data),
-# so with 4 or more batches the ranges came from the last few only, and a multiple of 4
-# failed with "No data is collected".
+# Calibration folds each feed's activation ranges into the min/max before running the next, so
+# memory holds one feed's activations, not every feed's. (Not onnxruntime's
+# ``CalibMaxIntermediateOutputs``: 1.32 discards every window of that many batches without
+# folding it into the ranges, so with 4 or more batches the ranges came from the last few only.)
 CALIB_STRIDE = 1
+
+
+def calibration_ranges(src: Path, feeds: Sequence[Mapping[str, NDArray]], workdir: Path) -> Any:
+    """onnxruntime's MinMax ranges of every MatMul/Conv input and output of ``src`` over ``feeds``.
+
+    The same calibrator ``quantize_static`` runs, fed one feed at a time, but
+    on its own: inside ``quantize_static`` the calibration graph, its session
+    and the graph being quantised were all alive at once (a ViT-L/14 image
+    tower's 1.2 GB of weights three times over, plus the calibration
+    session's activations). Here the calibrator's copy of the weights goes as
+    soon as its session holds them, the session runs without onnxruntime's
+    memory arena (which kept the largest feed's activations reserved), and all
+    of it is gone before the quantiser loads the graph.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    augmented = workdir / "calibration.onnx"
+    try:
+        cal = MinMaxCalibrater(src, ["MatMul", "Conv"], augmented_model_path=str(augmented),
+                               use_external_data_format=onnx_files.is_external(src))
+        cal.augment_graph()
+        names = {i.name for i in cal.model.graph.input}
+        # The session reads the weights from the saved graph. A fresh message, since protobuf
+        # keeps cleared bytes in the loaded message's arena until the message itself is freed.
+        del cal.model.graph.initializer[:]
+        cal.model = type(cal.model).FromString(cal.model.SerializeToString())
+        release()
+        opts = ort.SessionOptions()
+        # As onnxruntime's own calibration session: no fusion, so every calibrated tensor exists.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_cpu_mem_arena = False
+        cal.infer_session = ort.InferenceSession(str(augmented), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+        for feed in feeds:  # collect_data folds the feed into the ranges and drops its outputs
+            cal.collect_data(_Reader([feed], names))
+        return cal.compute_data()
+    finally:
+        cal = None
+        onnx_files.remove(augmented)
+        release()
 
 
 def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce_range: bool = False,
          signed_activations: bool = False) -> dict[str, Any]:
+    import inspect
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    names = {i.name for i in onnx_files.load(src, weights=False).graph.input}
     act = "int8" if signed_activations else "uint8"
     settings = {
         "format": "QDQ", "activations": f"{act} per-tensor, static (MinMax calibration)",
@@ -259,14 +299,29 @@ def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce
         "ops": ["MatMul", "Conv"], "calibration_batches": len(feeds), "reduce_range": reduce_range,
     }
     onnx_files.remove(dst)
-    quantize_static(
-        str(src), str(dst), _Reader(feeds, names), quant_format=QuantFormat.QDQ,
+    args: dict[str, Any] = dict(
+        quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
         per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"MatMulConstBOnly": True, "CalibStridedMinMax": CALIB_STRIDE},
         use_external_data_format=onnx_files.is_external(src),  # the calibration graph and dst (+ dst.data)
     )
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        # onnxruntime < 1.32 takes ranges only from its own calibration: run it there, feed by feed.
+        names = {i.name for i in onnx_files.load(src, weights=False).graph.input}
+        quantize_static(str(src), str(dst), _Reader(feeds, names),
+                        extra_options={"MatMulConstBOnly": True, "CalibStridedMinMax": CALIB_STRIDE}, **args)
+        return settings
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    # The ranges reach quantize_static as its calibration cache (float32 values through JSON: exact).
+    cache = dst.with_name(dst.stem + "-ranges.json")
+    save_tensors_data(calibration_ranges(src, feeds, dst.parent), cache)
+    try:
+        quantize_static(str(src), str(dst), None, calibration_cache_path=str(cache),
+                        extra_options={"MatMulConstBOnly": True}, **args)
+    finally:
+        cache.unlink(missing_ok=True)
     return settings
 
 

@@ -61,3 +61,49 @@ def test_every_calibration_batch_counts(tmp_path: Path, batches: int) -> None:
     span = (max(float(every.max()), 0.0) - min(float(every.min()), 0.0)) / 255
     x_scale = next(v for k, v in got.items() if k.startswith("x") and "scale" in k)
     assert float(x_scale) == pytest.approx(span, rel=1e-5)
+
+
+def _ranges(ranges) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {k: tuple(np.asarray(x) for x in v.range_value) for k, v in ranges.data.items()}
+
+
+def test_one_image_at_a_time_gives_the_batch_ranges(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """MinMax over one-image feeds equals MinMax over the same images in batches (what image_feeds relies on)."""
+    from crossmodal.export.clip import build_specs
+    from crossmodal.export.onnx_export import export_onnx
+    from crossmodal.export.quantize import calibration_ranges
+    from crossmodal.export.sources import resolve
+
+    spec = build_specs(resolve(str(tiny_clip_dir)), towers=("image",))[0][0]
+    graph = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names, spec.dynamic_axes,
+                        tmp_path / "image.onnx")
+    side = spec.parity_inputs[0]["pixel_values"].shape[-1]
+    rng = np.random.default_rng(3)
+    # Images of different brightness, so that each tensor's min and max come from different images.
+    images = (rng.standard_normal((6, 3, side, side)) * np.arange(1, 7)[:, None, None, None]).astype(np.float32)
+    batched = _ranges(calibration_ranges(graph, [{"pixel_values": images[:4]}, {"pixel_values": images[4:]}], tmp_path))
+    single = _ranges(calibration_ranges(graph, [{"pixel_values": images[i:i + 1]} for i in range(6)], tmp_path))
+    assert batched.keys() == single.keys() and len(batched) >= 20
+    for name, (lo, hi) in batched.items():
+        np.testing.assert_array_equal(single[name][0], lo, err_msg=name)
+        np.testing.assert_array_equal(single[name][1], hi, err_msg=name)
+    # The ranges are not all set by one image: the fold over images is what is being compared.
+    first = _ranges(calibration_ranges(graph, [{"pixel_values": images[:1]}], tmp_path))
+    assert any(not np.array_equal(first[k][1], hi) for k, (lo, hi) in batched.items())
+    assert not list(tmp_path.glob("calibration*")), "the calibration graph is removed"
+
+
+def test_image_calibration_feeds_hold_one_image_each(tiny_clip_dir: Path) -> None:
+    from crossmodal.export.clip import image_feeds, image_preprocess_from
+
+    pre = image_preprocess_from(tiny_clip_dir, 32)
+    examples = Path(__file__).resolve().parents[1] / "examples" / "images"
+    parity, calib = image_feeds(pre, examples)
+    images = [p for p in examples.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    assert len(calib) == len(images) >= 8
+    assert all(f["pixel_values"].shape == (1, 3, pre.output_size, pre.output_size) for f in calib)
+    assert parity[-1]["pixel_values"].shape[0] == 8  # parity still runs a batch of real images
+    np.testing.assert_array_equal(np.concatenate([f["pixel_values"] for f in calib])[:8], parity[-1]["pixel_values"])
+    # Without images, calibration falls back to the parity noise, one image per feed.
+    parity, calib = image_feeds(pre, None)
+    assert [f["pixel_values"].shape[0] for f in calib] == [1] * sum(f["pixel_values"].shape[0] for f in parity)
