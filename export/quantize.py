@@ -257,10 +257,15 @@ def calibration_ranges(src: Path, feeds: Sequence[Mapping[str, NDArray]], workdi
     memory arena (which kept the largest feed's activations reserved), and all
     of it is gone before the quantiser loads the graph.
     """
+    import shutil
+    import tempfile
+
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
-    augmented = workdir / "calibration.onnx"
+    # A folder of its own: with external data the calibrator names its data file at random.
+    scratch = Path(tempfile.mkdtemp(prefix="calibration-", dir=workdir))
+    augmented = scratch / "calibration.onnx"
     try:
         cal = MinMaxCalibrater(src, ["MatMul", "Conv"], augmented_model_path=str(augmented),
                                use_external_data_format=onnx_files.is_external(src))
@@ -282,7 +287,7 @@ def calibration_ranges(src: Path, feeds: Sequence[Mapping[str, NDArray]], workdi
         return cal.compute_data()
     finally:
         cal = None
-        onnx_files.remove(augmented)
+        shutil.rmtree(scratch, ignore_errors=True)
         release()
 
 
