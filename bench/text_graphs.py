@@ -33,6 +33,7 @@ from .timing import Budget
 
 VARIANTS = ("cpu-fp32", "cpu-int8")
 ENGINES = ("crossmodal-cpu-fp32", "crossmodal-cpu-int8", "torch-fp32")
+GRAPH_ENGINE = "onnxruntime-graph:"  # as crossmodal.bench.worker (not imported here: it times at import)
 TARGET_X_FLOOR = 3.0  # issue 15: text int8 at batch 1 (12 tokens) <= 3x its floor
 RESULT_NAME = "text_graphs"
 # Per peak microbenchmark and process: 30+ GEMMs of 1024^3, enough for a stable median, and short enough
@@ -51,6 +52,10 @@ def run(args: Any, command: str, log: Callable[[str], None] = print) -> dict[str
         log(f"recounted the floors in {out / (RESULT_NAME + '.md')}")
         return None
     towers = [t for t in args.text_towers.split(",") if t]
+    from .text_towers import split_name
+
+    for t in towers:
+        split_name(t)  # a typo stops here, before minutes of export
     log(f"scenario text: preparing {', '.join(towers)} (exported once, cached in {work / 'text-towers'}) ...")
     prepared = {name: prepare(name, work, tiny=args.quick, log=log) for name in towers}
     if args.prepare_only:
@@ -87,32 +92,58 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
         runner = Runner(threads=t, log=log)
         peaks[t] = worker_peaks(runner, processes=processes, quick=quick, log=log, seconds=PEAK_SECONDS)
         for name, p in prepared.items():
+            graphs = extra_graphs(p)
+            engines = ENGINES + tuple(GRAPH_ENGINE + g for g in graphs)
             jobs = {e: {"kind": "towers", "engine": e, "bundle": p["bundle"], "hf_dir": "", "torch_module": p["torch_module"],
-                        "input_names": p["input_names"], "inputs": str(inputs[name]), "image_batches": [],
-                        "text_batches": list(batches), "budget": budget.to_dict(),
-                        "outputs": str(work / f"text-{name}-{e}.npz")} for e in ENGINES}
+                        "graphs": graphs, "input_names": p["input_names"], "inputs": str(inputs[name]),
+                        "image_batches": [], "text_batches": list(batches), "budget": budget.to_dict(),
+                        "outputs": str(work / f"text-{name}-{e.replace(':', '-')}.npz")} for e in engines}
             results = runner.alternate(jobs, processes, f"text {name} {t} thread(s)")
-            outputs = {e: dict(np.load(jobs[e]["outputs"])) for e in ENGINES}
-            per_tower[name]["rows"] += latency_rows(name, results, outputs, threads=t)
+            outputs = {e: dict(np.load(jobs[e]["outputs"])) for e in engines}
+            rows = latency_rows(name, results, outputs, threads=t)
+            for r in rows:
+                r["input_names"] = p["input_names"]
+            per_tower[name]["rows"] += rows
     log("  counting each graph's work (one profiled run per graph) ...")
     for name, tower in per_tower.items():
-        annotate_floors(tower["rows"], costs[name], peaks, tokens)
+        annotate_floors(tower["rows"], costs[name], peaks, tokens, extra_graphs(tower["prepared"]))
         feeds = dict(np.load(inputs[name]))
         b1 = {k.split("__", 1)[1]: v for k, v in feeds.items() if k.startswith(f"text_b{min(batches)}__")}
+        profiled = [v for v in ("fused-fp32", *VARIANTS) if v in tower["prepared"]["graphs"]]
         tower["op_profile"] = {v: op_profile(Path(tower["prepared"]["graphs"][v]["path"]), b1, threads=1,
-                                             runs=5 if quick else 50) for v in VARIANTS}
+                                             runs=5 if quick else 50) for v in profiled}
         tower["run"] = {**run_info, "peaks": {str(t): p.to_dict() for t, p in peaks.items()},
                         "elapsed_s": round(time.time() - t0, 1)}
     return {"towers": per_tower}
 
 
-def annotate_floors(rows: list[dict[str, Any]], costs: Any, peaks: dict[int, Any], tokens: int) -> None:
-    """Each row's floor at its batch and thread count (torch-fp32 against the fp32 graph) and p50 / floor."""
-    from .roofline import floor_ms
+def extra_graphs(prepared: dict[str, Any]) -> dict[str, str]:
+    """Graphs measured besides the bundle's: onnxruntime's fusion of the trace when the export did not keep it."""
+    kept = prepared["graphs"]["cpu-fp32"].get("graph_rewrites") or []
+    fused = prepared.get("fused_fp32")
+    if fused and not any(r.startswith("ort-fusion") for r in kept):
+        return {"fused-fp32": fused}
+    return {}
 
+
+def annotate_floors(rows: list[dict[str, Any]], costs: Any, peaks: dict[int, Any], tokens: int,
+                    graphs: dict[str, str] | None = None) -> None:
+    """Each row's floor at its batch and thread count (torch-fp32 against the fp32 graph, a graph engine
+    against its own graph) and p50 / floor."""
+    from .roofline import GraphCost, floor_ms, graph_costs
+
+    counted: dict[str, tuple[GraphCost, GraphCost]] = {}
     for r in rows:
-        variant = "cpu-int8" if r["engine"] == "crossmodal-cpu-int8" else "cpu-fp32"
-        cost = costs.get("text", variant, r["batch"], tokens)
+        if r["engine"].startswith(GRAPH_ENGINE):
+            variant = r["engine"][len(GRAPH_ENGINE):]
+            if variant not in counted:
+                names = [n for n in r.get("input_names") or ("input_ids", "attention_mask")]
+                one, two = graph_costs(Path((graphs or {})[variant]), [{n: (b, tokens) for n in names} for b in (1, 2)])
+                counted[variant] = (one, two)
+            cost = GraphCost.at_batch(*counted[variant], r["batch"])
+        else:
+            variant = "cpu-int8" if r["engine"] == "crossmodal-cpu-int8" else "cpu-fp32"
+            cost = costs.get("text", variant, r["batch"], tokens)
         r["floor_ms"] = floor_ms(cost, peaks[r["threads"]])
         r["floor_of"] = variant
         r["cost"] = cost.to_dict()
@@ -129,7 +160,8 @@ def recount(path: Path) -> dict[str, Any]:
         run = tower.get("run")
         if run:
             peaks = {int(t): Peaks.from_dict(p) for t, p in run["peaks"].items()}
-            annotate_floors(tower["rows"], CostCache(Path(tower["prepared"]["bundle"])), peaks, int(run["tokens"]))
+            annotate_floors(tower["rows"], CostCache(Path(tower["prepared"]["bundle"])), peaks, int(run["tokens"]),
+                            extra_graphs(tower["prepared"]))
             run["floors_recounted"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     write(result, path.parent)
     return result
@@ -299,10 +331,15 @@ def markdown(result: dict[str, Any]) -> str:
         g = p["graphs"]
         lines += ["| graph | stored nodes | runtime nodes | MB | most frequent at run time | what the export chose |",
                   "|---|---:|---:|---:|---|---|"]
-        for k in ("before", *VARIANTS):
+        notes = {"before": "traced, no rewrite",
+                 "fused-fp32": "onnxruntime's transformer fusion of *before*, as the export tries it"
+                               + (" (measured below: not kept by the export)" if extra_graphs(p) else " (kept)")}
+        for k in ("before", "fused-fp32", *VARIANTS):
+            if k not in g:
+                continue
             mb = g[k].get("mb")
             lines.append(f"| {k} | {g[k]['stored_nodes']} | {g[k]['runtime_nodes']} | {'-' if mb is None else mb} | "
-                         f"{_top_ops(g[k]['runtime_by_op'])} | {_choice(g[k]) if k != 'before' else 'traced, no rewrite'} |")
+                         f"{_top_ops(g[k]['runtime_by_op'])} | {notes.get(k) or _choice(g[k])} |")
         lines.append("")
         if not run:
             continue

@@ -7,6 +7,8 @@ For each tower the harness keeps, in ``WORK/text-towers/NAME/``:
   the same opset), before any rewrite: the "before" of issue 15's lean-graph item;
 * ``bundle/``: the text tower exported by the pipeline (``cpu-fp32`` and
   ``cpu-int8``, the recipe chosen by the export's own trials): the "after";
+* ``fused-fp32.onnx``: onnxruntime's transformer fusion of ``before.onnx`` as the export
+  tries it, kept here whether or not the export kept it (its latency is measured too);
 * ``torch_module.pt``: the very module that was traced (``torch.save``), the
   PyTorch fp32 baseline of the latency table;
 * ``prepared.json``: node counts (stored in the file and at run time, by op
@@ -189,9 +191,22 @@ BUILDERS: dict[str, Callable[..., Built]] = {"mbert": build_mbert, "albef": buil
 # ----------------------------------------------------------------------------- export once, count nodes
 
 
-def prepare(name: str, work: Path, *, tiny: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trace, save and export tower ``name`` under ``work/text-towers/NAME`` once; returns its ``prepared.json``."""
-    folder = work / "text-towers" / (f"{name}-tiny" if tiny else name)
+def split_name(spec: str) -> tuple[str, str | None]:
+    """``mbert`` -> (mbert, None): the recipe the export picks; ``mbert@dynamic`` -> (mbert, dynamic): that
+    int8 recipe forced (``--int8-recipe``), to measure a recipe the export did not pick."""
+    name, _, recipe = spec.partition("@")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown text tower {name!r}; choose from {', '.join(TOWERS)} (optionally NAME@INT8_RECIPE)")
+    return name, recipe or None
+
+
+def prepare(spec: str, work: Path, *, tiny: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trace, save and export tower ``spec`` (NAME or NAME@INT8_RECIPE) under ``work/text-towers/SPEC`` once;
+    returns its ``prepared.json``. A forced recipe reuses the source files of NAME's folder."""
+    name, recipe = split_name(spec)
+    suffix = "-tiny" if tiny else ""
+    folder = work / "text-towers" / f"{spec}{suffix}"
+    source_folder = work / "text-towers" / f"{name}{suffix}"
     done = folder / PREPARED
     if done.is_file():
         prepared: dict[str, Any] = json.loads(done.read_text())
@@ -210,23 +225,29 @@ def prepare(name: str, work: Path, *, tiny: bool = False, log: Callable[[str], N
     from .fixtures import exporter_key
 
     folder.mkdir(parents=True, exist_ok=True)
-    log(f"  {name}: building the random module ...")
-    built = BUILDERS[name](folder, tiny=tiny)
-    spec = built.spec
-    before = export_onnx(spec.module, spec.parity_inputs[0], spec.input_names, spec.output_names, spec.dynamic_axes,
-                         folder / "before.onnx")
-    torch.save(spec.module, folder / "torch_module.pt")
-    log(f"  {name}: exporting {TARGETS} (int8 recipe chosen by the export's trials; minutes at full size) ...")
+    source_folder.mkdir(parents=True, exist_ok=True)
+    log(f"  {spec}: building the random module ...")
+    built = BUILDERS[name](source_folder, tiny=tiny)
+    tower = built.spec
+    before = export_onnx(tower.module, tower.parity_inputs[0], tower.input_names, tower.output_names,
+                         tower.dynamic_axes, folder / "before.onnx")
+    torch.save(tower.module, folder / "torch_module.pt")
+    fused = _fused_fp32(before, folder / "fused-fp32.onnx", tower.ort_optimizer, log)
+    how = f"int8 recipe {recipe} forced" if recipe else "int8 recipe chosen by the export's trials"
+    log(f"  {spec}: exporting {TARGETS} ({how}; minutes at full size) ...")
     t0 = time.time()
-    bundle = export_bundle(ExportOptions.create(folder / "bundle", TARGETS), specs=[spec], progress=log, **built.bundle)
+    options = ExportOptions.create(folder / "bundle", TARGETS, **({"int8_recipe": recipe} if recipe else {}))
+    bundle = export_bundle(options, specs=[tower], progress=log, **built.bundle)
     export_s = time.time() - t0
     prepared = {
-        "tower": name, "tiny": tiny, "description": built.description, "random_weights": True,
-        "folder": str(folder), "before": str(before), "bundle": str(bundle), "torch_module": str(folder / "torch_module.pt"),
-        "input_names": list(spec.input_names), "output_names": list(spec.output_names),
+        "tower": spec, "int8_recipe_forced": recipe, "tiny": tiny, "description": built.description,
+        "random_weights": True, "folder": str(folder), "before": str(before), "bundle": str(bundle),
+        "torch_module": str(folder / "torch_module.pt"), "fused_fp32": None if fused is None else str(fused),
+        "ort_optimizer": tower.ort_optimizer,
+        "input_names": list(tower.input_names), "output_names": list(tower.output_names),
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "export_s": round(export_s, 1),
         "exporter": {"key": exporter_key(), "git": _git_rev()},
-        "graphs": graph_facts(before, bundle),
+        "graphs": graph_facts(before, bundle, fused),
     }
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(prepared, indent=1))
@@ -234,13 +255,32 @@ def prepare(name: str, work: Path, *, tiny: bool = False, log: Callable[[str], N
     return prepared
 
 
-def graph_facts(before: Path, bundle: Path) -> dict[str, Any]:
-    """Node counts (stored / runtime, by op type) of the traced graph and of each exported variant, with what
-    the export chose (rewrites kept, int8 recipe and trials) from the manifests."""
+def _fused_fp32(before: Path, dst: Path, ort_optimizer: dict[str, Any] | None,
+                log: Callable[[str], None]) -> Path | None:
+    """onnxruntime's transformer fusion of the traced graph, as the export tries it
+    (``crossmodal.export.optimize.fuse_transformer``): measured even when the export did not keep it."""
+    if not ort_optimizer:
+        return None
+    from crossmodal.export.optimize import fuse_transformer
+
+    try:
+        return fuse_transformer(before, dst, ort_optimizer["model_type"], int(ort_optimizer["num_heads"]),
+                                int(ort_optimizer["hidden_size"]))
+    except Exception as exc:  # an optional comparison; the export records its own failure
+        log(f"  onnxruntime's {ort_optimizer['model_type']} fusion failed on {before}: {exc!r}")
+        return None
+
+
+def graph_facts(before: Path, bundle: Path, fused: Path | None = None) -> dict[str, Any]:
+    """Node counts (stored / runtime, by op type) of the traced graph, of onnxruntime's fusion of it
+    (``fused-fp32``, kept by the export or not) and of each exported variant, with what the export chose
+    (rewrites kept, int8 recipe and trials) from the manifests."""
     from crossmodal.export.graph_cleanup import node_counts
     from crossmodal.manifest import read_manifest
 
     out: dict[str, Any] = {"before": {"path": str(before), **_counts(node_counts(before))}}
+    if fused is not None:
+        out["fused-fp32"] = {"path": str(fused), **_counts(node_counts(fused)), "mb": round(fused.stat().st_size / 1e6, 1)}
     for variant in TARGETS.split(","):
         folder = bundle / "text" / variant
         m = json.loads((folder / "manifest.json").read_text())
@@ -274,14 +314,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m crossmodal.bench.text_towers", description=main.__doc__)
     p.add_argument("work", type=Path)
-    p.add_argument("towers", nargs="+", choices=TOWERS)
+    p.add_argument("towers", nargs="+", help="NAME or NAME@INT8_RECIPE, NAME one of " + ", ".join(TOWERS))
     p.add_argument("--tiny", action="store_true")
     args = p.parse_args(argv)
     for name in args.towers:
         prepared = prepare(name, args.work, tiny=args.tiny)
         g = prepared["graphs"]
-        print(f"{name}: nodes stored/runtime before {g['before']['stored_nodes']}/{g['before']['runtime_nodes']}, "
-              + ", ".join(f"{v} {g[v]['stored_nodes']}/{g[v]['runtime_nodes']}" for v in TARGETS.split(",")))
+        print(f"{name}: nodes stored/runtime " + ", ".join(f"{k} {v['stored_nodes']}/{v['runtime_nodes']}" for k, v in g.items()))
     return 0
 
 

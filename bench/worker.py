@@ -13,7 +13,9 @@ Engines:
   the strongest PyTorch setting on CPUs with AVX-512 BF16;
 * ``crossmodal-<variant>``: the lean runtime (``crossmodal.load``), no torch imported;
 * ``torch-fp32`` with a ``torch_module`` path in the job: that saved module instead of CLIPModel
-  (the text towers of other families, ``crossmodal.bench.text_graphs``).
+  (the text towers of other families, ``crossmodal.bench.text_graphs``);
+* ``onnxruntime-graph:NAME``: the ONNX file ``job["graphs"][NAME]`` in a session opened as the runtime
+  opens its cpu variants (a candidate graph the export did not keep).
 
 Jobs (``kind``): ``towers`` (scenario a), ``image_e2e`` (b), ``text_query`` (c),
 ``cold`` (d and e), ``peaks`` (the roofline's peaks, ``crossmodal.bench.roofline``). Embeddings computed on the timed inputs are saved to
@@ -26,6 +28,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 T_IMPORT = time.time()
@@ -111,6 +114,20 @@ class TorchModule:
         return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
 
 
+class OnnxGraph:
+    """One ONNX graph file in a session opened as the runtime opens a cpu variant's (``make_session``):
+    a candidate graph the export did not keep, measured next to the ones it did."""
+
+    def __init__(self, path: str, threads: int):
+        from crossmodal.session import make_session
+
+        self.session = make_session(Path(path), "cpu-fp32", threads=threads)
+        self.names = {i.name for i in self.session.get_inputs()}
+
+    def text(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+        return np.asarray(self.session.run(None, {k: v for k, v in feeds.items() if k in self.names})[0], np.float32)
+
+
 class CrossmodalClip:
     """The lean runtime: ``crossmodal.load`` of one bundle variant."""
 
@@ -128,8 +145,13 @@ class CrossmodalClip:
         return self.enc.text.run(feeds)
 
 
+GRAPH_ENGINE = "onnxruntime-graph:"  # + a key of job["graphs"] (name -> ONNX file)
+
+
 def make_engine(job: dict[str, Any], modality: str | None = None) -> Any:
     engine = job["engine"]
+    if engine.startswith(GRAPH_ENGINE):
+        return OnnxGraph(job["graphs"][engine[len(GRAPH_ENGINE):]], job["threads"])
     if engine == "torch-fp32" and job.get("torch_module"):
         return TorchModule(job["torch_module"], job["threads"], job["input_names"])
     if engine in ("torch-fp32", "torch-bf16"):
