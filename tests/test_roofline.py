@@ -182,3 +182,34 @@ def test_model_dir_is_labelled_by_what_is_known(tmp_path: Path) -> None:
     assert random_weights is True and desc == f"{ours}: random weights made by crossmodal bench (seed 0, tiny)"
     md = report.markdown({**_result([]), "model": {"description": desc, "random_weights": random_weights}})
     assert md.startswith(f"# crossmodal benchmark: {ours}: random weights made by crossmodal bench")
+
+
+def _fused_bert_graph(path: Path, *, named: bool = True) -> Path:
+    """ids [B, S] int32 -> EmbedLayerNormalization(E 100x8, P 16x8) -> Attention(W 8x24, bias 24, 2 heads)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("E", (100, 8)), ("P", (16, 8)), ("gamma", (8,)), ("beta", (8,)), ("W", (8, 24)),
+                                 ("bias", (24,)))]
+    nodes = [helper.make_node("EmbedLayerNormalization", ["ids", "", "E", "P", "", "gamma", "beta"], ["x", "mask_index"],
+                              name="embed" if named else "", domain="com.microsoft", epsilon=1e-12),
+             helper.make_node("Attention", ["x", "W", "bias"], ["y"], name="attention" if named else "",
+                              domain="com.microsoft", num_heads=2)]
+    graph = helper.make_graph(nodes, "fused-bert", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["b", "s"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    save(model, str(path))
+    return path
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("named", [True, False])
+def test_fused_bert_ops_count_their_projection_and_read_only_the_looked_up_rows(tmp_path: Path, named: bool) -> None:
+    # onnxruntime's BERT fusion leaves some nodes unnamed (the M-BERT fp32 graph): counted on a renamed copy.
+    cost = graph_cost(_fused_bert_graph(tmp_path / "g.onnx", named=named), {"ids": (2, 3)})
+    # packed QKV projection 2 x (2*3 rows) x K 8 x 24 outputs, then Q K^T and A V over 3 tokens of width 8
+    assert cost.fp32_flops == 2 * 6 * 8 * 24 + 2 * 2 * 3 * 3 * (8 + 8)
+    assert cost.int8_flops == 0 and cost.gemms == 1
+    # 6 token rows + 3 position rows (shared by the batch) of 8 floats, gamma, beta, W, bias; not the 100-row table
+    assert cost.weight_bytes == (6 + 3) * 8 * 4 + 8 * 4 * 2 + 8 * 24 * 4 + 24 * 4
