@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--text-towers", default="mbert,albef",
                       help="comma list of mbert, albef, clip (default mbert,albef; full-size random weights)")
     text.add_argument("--text-threads", type=_ints, default=(1, 2), help="thread counts to measure (default 1,2)")
+    text.add_argument("--text-engines", default="fp32,int8,torch,graphs",
+                      help="what to time: fp32 / int8 (the bundle's graphs), torch (the PyTorch module), graphs "
+                           "(onnxruntime's fusion when the export did not keep it); default all")
     text.add_argument("--tokens", type=lambda s: _ints(s)[0], default=12, help="tokens per text (default 12)")
     text.add_argument("--prepare-only", action="store_true",
                       help="export the towers and count their nodes, no timing (exports take minutes: run niced)")

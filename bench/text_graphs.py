@@ -64,16 +64,35 @@ def run(args: Any, command: str, log: Callable[[str], None] = print) -> dict[str
                     min_runs=3 if args.quick else 5)
     result = measure(prepared, out=out, work=work, threads=args.text_threads, batches=args.text_batches or (1, 8),
                      tokens=args.tokens, processes=args.processes or (1 if args.quick else 3), budget=budget,
-                     quick=args.quick, command=command, log=log)
+                     quick=args.quick, command=command, log=log, engine_kinds=args.text_engines.split(","))
     merged = merge(out / f"{RESULT_NAME}.json", result)
     write(merged, out)
     log(f"wrote {out / (RESULT_NAME + '.md')}")
     return merged
 
 
+ENGINE_KINDS = ("fp32", "int8", "torch", "graphs")
+
+
+def _wanted(engine: str, kinds: Sequence[str]) -> bool:
+    kind = ("graphs" if engine.startswith(GRAPH_ENGINE) else "torch" if engine.startswith("torch")
+            else engine.rsplit("-", 1)[-1])
+    return kind in kinds
+
+
+def reference_outputs(work: Path, tower: str) -> dict[str, Any]:
+    """The PyTorch outputs a run of this tower (or of its NAME without @RECIPE: the same module and inputs)
+    saved, for fidelity when this run leaves torch out."""
+    for name in (tower, tower.partition("@")[0]):
+        path = work / f"text-{name}-torch-fp32.npz"
+        if path.is_file():
+            return dict(np.load(path))
+    return {}
+
+
 def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threads: Sequence[int],
             batches: Sequence[int], tokens: int, processes: int, budget: Budget, quick: bool, command: str,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, engine_kinds: Sequence[str] = ENGINE_KINDS) -> dict[str, Any]:
     """Peaks, floors, latencies and op profiles of the prepared towers, in one run."""
     from .env import environment
     from .roofline import CostCache, worker_peaks
@@ -93,13 +112,15 @@ def measure(prepared: dict[str, dict[str, Any]], *, out: Path, work: Path, threa
         peaks[t] = worker_peaks(runner, processes=processes, quick=quick, log=log, seconds=PEAK_SECONDS)
         for name, p in prepared.items():
             graphs = extra_graphs(p)
-            engines = ENGINES + tuple(GRAPH_ENGINE + g for g in graphs)
+            engines = tuple(e for e in ENGINES + tuple(GRAPH_ENGINE + g for g in graphs) if _wanted(e, engine_kinds))
             jobs = {e: {"kind": "towers", "engine": e, "bundle": p["bundle"], "hf_dir": "", "torch_module": p["torch_module"],
                         "graphs": graphs, "input_names": p["input_names"], "inputs": str(inputs[name]),
                         "image_batches": [], "text_batches": list(batches), "budget": budget.to_dict(),
                         "outputs": str(work / f"text-{name}-{e.replace(':', '-')}.npz")} for e in engines}
             results = runner.alternate(jobs, processes, f"text {name} {t} thread(s)")
             outputs = {e: dict(np.load(jobs[e]["outputs"])) for e in engines}
+            if "torch-fp32" not in engines:
+                outputs["torch-fp32"] = reference_outputs(work, name)  # an earlier run's, same inputs
             rows = latency_rows(name, results, outputs, threads=t)
             for r in rows:
                 r["input_names"] = p["input_names"]
@@ -319,7 +340,9 @@ def markdown(result: dict[str, Any]) -> str:
              "the fp32 graph's floor.", ""]
     for name, tower in result["towers"].items():
         p, run = tower["prepared"], tower.get("run")
-        lines += [f"## {name}: {p['description']}", ""]
+        forced = p.get("int8_recipe_forced")
+        lines += [f"## {name}: {p['description']}" + (f"; int8 recipe `{forced}` forced (not the export's choice)"
+                                                      if forced else ""), ""]
         if run:
             env = run["environment"]
             lines += [f"Run {run['started']}: `{run['command']}`; {cpu_line(env)}, {env['cpu']['logical_cores']} logical "

@@ -120,7 +120,8 @@ def test_cli_flags_and_tower_names() -> None:
 def test_tiny_albef_tower_end_to_end(tmp_path: Path) -> None:
     """Export a tiny random ALBEF text tower, count its nodes, time it once per engine, write the files."""
     args = Namespace(out=tmp_path / "out", work=tmp_path / "work", text_towers="albef", quick=True, prepare_only=False,
-                     recount_floors=False, seconds=None, text_threads=(1,), text_batches=(1,), tokens=12, processes=None)
+                     recount_floors=False, seconds=None, text_threads=(1,), text_batches=(1,), tokens=12, processes=None,
+                     text_engines="fp32,int8,torch,graphs")
     result = text_graphs.run(args, "crossmodal bench --quick --scenarios text", log=lambda s: None)
     assert result is not None
     tower = result["towers"]["albef"]
@@ -140,3 +141,12 @@ def test_tiny_albef_tower_end_to_end(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "text_graphs.md").read_text()
     assert "## albef: ALBEF 4M text tower (tiny widths)" in md and "random weights" in md
     assert json.loads((tmp_path / "out" / "text_graphs.json").read_text())["towers"]["albef"]["rows"]
+    # A forced recipe timed alone (int8 only) takes its fidelity reference from the run above.
+    args.text_towers, args.text_engines = "albef@dynamic", "int8"
+    again = text_graphs.run(args, "crossmodal bench --quick --scenarios text", log=lambda s: None)
+    assert again is not None and set(again["towers"]) == {"albef", "albef@dynamic"}
+    forced = again["towers"]["albef@dynamic"]
+    assert forced["prepared"]["graphs"]["cpu-int8"]["quantization"]["recipe"] == "dynamic"
+    assert [r["engine"] for r in forced["rows"]] == ["crossmodal-cpu-int8"]
+    assert forced["rows"][0]["fidelity"]["min_cos"] > 0.99 and forced["rows"][0]["x_torch_fp32"] is None
+    assert "int8 recipe `dynamic` forced" in (tmp_path / "out" / "text_graphs.md").read_text()
