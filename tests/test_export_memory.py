@@ -119,3 +119,31 @@ def test_a_rewrite_that_needs_the_weights_falls_back_to_the_full_graph(text_raw:
     monkeypatch.setattr(optimize, "_optimize_model", reads_a_weight)
     optimize.fuse_transformer(text_raw, tmp_path / "fallback.onnx", "clip", 4, 32)
     assert filecmp.cmp(tmp_path / "full.onnx", tmp_path / "fallback.onnx", shallow=False)
+
+
+@pytest.mark.parametrize("round_seconds, runs_per_round", [(0.0, 1), (1e9, 200)])
+def test_a_run_longer_than_a_round_is_timed_once_per_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           round_seconds: float, runs_per_round: int) -> None:
+    """Latency rounds of slow graphs (a ViT-L/14 at batch 8 runs for seconds) hold one run; fast ones many."""
+    import crossmodal.session
+
+    runs: dict[str, int] = {}
+
+    class FakeSession:
+        def __init__(self, path: Path) -> None:
+            self.path = str(path)
+
+        def get_inputs(self) -> list:
+            return [type("Input", (), {"name": "x"})()]
+
+        def run(self, outputs: None, feed: dict) -> list:
+            runs[self.path] = runs.get(self.path, 0) + 1
+            return []
+
+    monkeypatch.setattr(crossmodal.session, "make_session", lambda path, *a, **k: FakeSession(path))
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    for p in paths:
+        p.write_bytes(b"")  # sized on disk only
+    optimize.compare_latency_ms(paths, {"x": np.zeros(1, np.float32)}, rounds=5, round_seconds=round_seconds)
+    # One warm-up run and one that sizes the rounds, then five rounds.
+    assert runs == {str(p): 2 + 5 * runs_per_round for p in paths}
