@@ -281,7 +281,7 @@ def summarize_profile(events: list[dict[str, Any]], *, skip_runs: int, wall_ms: 
 def merge(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """This run's towers over those of an earlier result file (each tower keeps its own run and peaks)."""
     old = json.loads(path.read_text()) if path.is_file() else {"towers": {}}
-    return {"towers": {**old.get("towers", {}), **result["towers"]}}
+    return {**old, "towers": {**old.get("towers", {}), **result["towers"]}}
 
 
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -399,8 +399,30 @@ def markdown(result: dict[str, Any]) -> str:
                                 for op, d in list(pr["by_op"].items())[:7])
                 lines.append(f"| {v} | {pr['nodes_per_call']:.0f} | {pr['wall_ms_profiled']:.2f} | {top} |")
         lines.append("")
+    for title, comp in (result.get("comparisons") or {}).items():
+        lines += comparison_section(title, comp)
     return "\n".join(lines) + "\n"
 
 
+def comparison_section(title: str, comp: dict[str, Any]) -> list[str]:
+    """A ``crossmodal.bench.compare_graphs`` result: graphs of one tower side by side, in the same run."""
+    from .report import cpu_line
+
+    env = comp["environment"]
+    tower = comp["tower"]
+    lines = [f"## Side by side: {title}", "",
+             f"Run {comp['started']}: `{comp['command']}`; {cpu_line(env)}; the inputs of the {tower} run above, "
+             "fresh processes alternating (3 per graph and thread count), sessions opened as the runtime opens "
+             "a cpu variant; fidelity = min cosine to the PyTorch fp32 module on the same inputs.", "",
+             f"_{cpu_line(env)}._", "",
+             "| graph | threads | batch | p50 ms (median) | min of process medians | fidelity min cos |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(comp["rows"], key=lambda r: (r["threads"], r["p50_ms"])):
+        cos = "-" if r.get("min_cos") is None else f"{r['min_cos']:.5f}"
+        lines.append(f"| {r['graph']} | {r['threads']} | {r['batch']} | {_ms(r['p50_ms'])} | {_ms(r['min_process_ms'])} "
+                     f"| {cos} |")
+    return lines + [""]
+
+
 __all__ = ["run", "measure", "latency_rows", "op_profile", "summarize_profile", "merge", "write", "markdown",
-           "write_inputs", "annotate_floors", "recount", "TARGET_X_FLOOR"]
+           "write_inputs", "annotate_floors", "recount", "comparison_section", "TARGET_X_FLOOR"]

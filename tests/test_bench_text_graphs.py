@@ -150,3 +150,18 @@ def test_tiny_albef_tower_end_to_end(tmp_path: Path) -> None:
     assert [r["engine"] for r in forced["rows"]] == ["crossmodal-cpu-int8"]
     assert forced["rows"][0]["fidelity"]["min_cos"] > 0.99 and forced["rows"][0]["x_torch_fp32"] is None
     assert "int8 recipe `dynamic` forced" in (tmp_path / "out" / "text_graphs.md").read_text()
+
+
+def test_side_by_side_comparisons_survive_tower_runs_and_are_rendered(tmp_path: Path) -> None:
+    from crossmodal.bench.compare_graphs import add_to_result
+
+    env = {"cpu": CPU, "threads": 2, "packages": {}}
+    rows = [{"graph": "dynamic", "threads": 1, "batch": 1, "p50_ms": 4.3, "min_process_ms": 4.2, "min_cos": 0.9999},
+            {"graph": "nbits8-fused", "threads": 1, "batch": 1, "p50_ms": 18.8, "min_process_ms": 18.0, "min_cos": None}]
+    add_to_result(tmp_path, "int8 graphs of mbert", {"tower": "mbert", "started": "now", "environment": env,
+                                                    "rows": rows, "command": "python -m crossmodal.bench.compare_graphs"})
+    merged = text_graphs.merge(tmp_path / "text_graphs.json", {"towers": {"albef": _tower("albef", 3.0, 2.0, fused_kept=True)}})
+    assert set(merged["comparisons"]) == {"int8 graphs of mbert"} and set(merged["towers"]) == {"albef"}
+    md = text_graphs.markdown(merged)
+    assert "## Side by side: int8 graphs of mbert" in md and "Test CPU 9000" in md.split("## Side by side")[1]
+    assert "| dynamic | 1 | 1 | 4.30 | 4.20 | 0.99990 |" in md and "| nbits8-fused | 1 | 1 | 18.8 | 18.0 | - |" in md
