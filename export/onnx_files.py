@@ -15,10 +15,11 @@ other layout (the TorchScript exporter writes one file per tensor) into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # protobuf's hard limit on one serialized message.
 PROTOBUF_LIMIT = (1 << 31) - 1
@@ -89,13 +90,25 @@ def save(model: Any, path: Path, *, min_bytes: int | None = None) -> Path:
     return path
 
 
-def save_ort(wrapper: Any, path: Path, *, min_bytes: int | None = None) -> Path:
+def save_ort(wrapper: Any, path: Path, *, min_bytes: int | None = None, base_dir: Path | None = None) -> Path:
     """Save an onnxruntime model wrapper (``OnnxModel`` / ``ONNXModel``) the way :func:`save` decides.
 
     The wrappers' own savers sort the graph and add the contrib-op domain; with
     external data they write ``path.data`` too, but append to a stale one.
+    ``base_dir``: the model still reads weights from files there
+    (:func:`weights_on_disk`); they are copied into ``path.data`` (:func:`save_from`).
     """
     path = Path(path)
+    if base_dir is not None:
+        from onnx import helper
+
+        wrapper.topological_sort()
+        model = wrapper.model
+        ms = "com.microsoft"
+        if any(n.domain == ms for n in model.graph.node) and not any(o.domain == ms for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(ms, 1))
+        save_from(model, path, base_dir)
+        return path
     external = needs_external(wrapper.model, min_bytes)
     remove(path)
     wrapper.save_model_to_file(str(path), use_external_data_format=external)
@@ -134,40 +147,93 @@ def gather(src: Path, dst: Path) -> Path | None:
     ``_CHUNK`` pieces, so memory holds the graph without its weights only. A
     graph with no external tensor is copied as is (returns None).
     """
-    import onnx
-
     src, dst = Path(src), Path(dst)
     model = load(src, weights=False)
-    tensors = list(external_tensors(model))
-    remove(dst)
-    if not tensors:
+    if not any(True for _ in external_tensors(model)):
+        remove(dst)
         shutil.copyfile(src, dst)
         return None
+    return save_from(model, dst, src.parent)
+
+
+def save_from(model: Any, dst: Path, base_dir: Path) -> Path:
+    """Save ``model``, whose external tensors are files under ``base_dir``, self-contained at ``dst`` + ``dst.data``.
+
+    External tensors are streamed from their files into ``dst.data``, and so are
+    inline tensors of at least :data:`TENSOR_MIN_BYTES` (those a rewrite added);
+    returns the data file's path.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    dst, base_dir = Path(dst).resolve(), Path(base_dir).resolve()
     out = data_path(dst)
+
+    def location(t: Any) -> str:
+        return next((e.value for e in t.external_data if e.key == "location"), "")
+
+    if base_dir == dst.parent and any(location(t) == out.name for t in external_tensors(model)):
+        raise ValueError(f"{dst}: the graph reads its weights from the file this would overwrite")
+    remove(dst)
     with open(out, "wb") as f:
-        for t in tensors:
-            info = {e.key: e.value for e in t.external_data}
-            source = src.parent / info["location"]
-            offset = int(info.get("offset", 0))
-            length = int(info["length"]) if "length" in info else source.stat().st_size - offset
-            pad = -f.tell() % 4096  # page-aligned, so onnxruntime can map tensors in place
-            f.write(b"\0" * pad)
+
+        def place(t: Any, write: Callable[[], None]) -> None:
+            f.write(b"\0" * (-f.tell() % 4096))  # page-aligned, so onnxruntime can map tensors in place
             start = f.tell()
-            with open(source, "rb") as g:
-                g.seek(offset)
-                left = length
-                while left:
-                    chunk = g.read(min(left, _CHUNK))
-                    if not chunk:
-                        raise ValueError(f"{source} ends before tensor {t.name!r} ({length} bytes at {offset})")
-                    f.write(chunk)
-                    left -= len(chunk)
+            write()
+            t.data_location = TensorProto.EXTERNAL
             del t.external_data[:]
-            for key, value in (("location", out.name), ("offset", str(start)), ("length", str(length))):
+            for key, value in (("location", out.name), ("offset", str(start)), ("length", str(f.tell() - start))):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
+
+        # Large initializers a rewrite left inline go out too (not Constant attributes, which stay inline).
+        for t in model.graph.initializer:
+            if t.data_location != TensorProto.EXTERNAL and len(t.raw_data) >= TENSOR_MIN_BYTES:
+                place(t, lambda t=t: f.write(t.raw_data))
+                t.ClearField("raw_data")
+        for t in list(external_tensors(model)):
+            if location(t) != out.name:
+                place(t, lambda t=t: _copy_tensor(t, base_dir, f))
     onnx.save_model(model, str(dst))  # no tensor data left inline: nothing for onnx to write beside it
     return out
+
+
+def _copy_tensor(t: Any, base_dir: Path, f: Any) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    source = base_dir / info["location"]
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else source.stat().st_size - offset
+    with open(source, "rb") as g:
+        g.seek(offset)
+        left = length
+        while left:
+            chunk = g.read(min(left, _CHUNK))
+            if not chunk:
+                raise ValueError(f"{source} ends before tensor {t.name!r} ({length} bytes at {offset})")
+            f.write(chunk)
+            left -= len(chunk)
+
+
+@contextlib.contextmanager
+def weights_on_disk(path: Path) -> Iterator[Any]:
+    """The graph at ``path`` with its external weights left in their file, readable from there inside the block.
+
+    For rewrites that need only a few weights' values (onnxruntime's BERT
+    attention fusion concatenates the Q/K/V weights; shape inference reads
+    shape constants): memory holds the graph and what the rewrite reads, not
+    every weight. onnx resolves a tensor's data file against the folder it is
+    given, and the rewrites give none (the working directory), so the block runs
+    in the graph's folder. Save the result with :func:`save_from` (``path``'s folder).
+    """
+    path = Path(path).resolve()
+    model = load(path, weights=False)
+    before = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        yield model
+    finally:
+        os.chdir(before)
 
 
 def move(src: Path, dst: Path) -> Path:
@@ -183,5 +249,5 @@ def move(src: Path, dst: Path) -> Path:
 
 
 __all__ = ["DATA_SUFFIX", "EXTERNAL_MIN_BYTES", "PROTOBUF_LIMIT", "TENSOR_MIN_BYTES", "copy", "data_path",
-           "external_tensors", "gather", "is_external", "load", "move", "needs_external", "remove", "save", "save_ort",
-           "stored_bytes", "tensor_bytes"]
+           "external_tensors", "gather", "is_external", "load", "move", "needs_external", "remove", "save", "save_from",
+           "save_ort", "stored_bytes", "tensor_bytes", "weights_on_disk"]

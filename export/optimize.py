@@ -118,12 +118,21 @@ def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int, hidd
     they copy the graph at every shape inference, which with the weights in
     held about seven times the graph's size. Should a fusion need a weight's
     values, they run again on the full graph; the result is the same graph.
+    A graph with external data (``onnx_files``) keeps its weights in its data
+    file instead, from where a fusion reads the few it needs (onnxruntime's
+    BERT attention fusion reads the Q/K/V weights, which made stubbed M-CLIP
+    XLM-R Large fall back to the full graph: 16 GB).
     """
+    from . import onnx_files
     from .weightless import load_without_weights
 
     try:
-        light, weights = load_without_weights(src)
-        _optimize_model(light, dst, model_type, num_heads, hidden_size, weights)
+        if onnx_files.is_external(src):
+            with onnx_files.weights_on_disk(src) as light:
+                _optimize_model(light, dst, model_type, num_heads, hidden_size, None, base_dir=src.parent)
+        else:
+            light, weights = load_without_weights(src)
+            _optimize_model(light, dst, model_type, num_heads, hidden_size, weights)
         return dst
     except Exception as exc:  # a fusion that reads weight values: pay the memory
         log.info("fusing %s without its weights failed (%r); fusing the full graph", src.name, exc)
@@ -135,7 +144,7 @@ def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int, hidd
 
 
 def _optimize_model(model: Any, dst: Path, model_type: str, num_heads: int, hidden_size: int,
-                    weights: dict[str, bytes] | None) -> None:
+                    weights: dict[str, bytes] | None, base_dir: Path | None = None) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
     from . import onnx_files
@@ -146,7 +155,7 @@ def _optimize_model(model: Any, dst: Path, model_type: str, num_heads: int, hidd
     )
     if weights is not None:
         restore_weights(fused.model, weights)
-    onnx_files.save_ort(fused, dst)
+    onnx_files.save_ort(fused, dst, base_dir=base_dir)
 
 
 def _candidates(raw: Path, workdir: Path, options: Mapping[str, Any]) -> list[tuple[str, Path | str]]:

@@ -101,12 +101,19 @@ def _with_shapes(src: Path, dst: Path) -> Path:
     It copies the graph it is given, so it is given the graph with its large
     weights stubbed (``weightless.py``; shapes need no weight values), and the
     weights go back before saving; should that fail, it runs on the full graph.
+    A graph with external data is given with its weights left in their file
+    (``onnx_files.weights_on_disk``), which the result then copies.
     """
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     from .weightless import load_without_weights, restore_weights
 
     try:
+        if onnx_files.is_external(src):
+            with onnx_files.weights_on_disk(src) as light:
+                model = SymbolicShapeInference.infer_shapes(light, auto_merge=True)
+            onnx_files.save_from(model, dst, src.parent)
+            return dst
         light, weights = load_without_weights(src)
         model = SymbolicShapeInference.infer_shapes(light, auto_merge=True)
         del light
