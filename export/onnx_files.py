@@ -129,14 +129,35 @@ def external_tensors(model: Any) -> Iterator[Any]:
     return (t for t in _get_all_tensors(model) if t.data_location == TensorProto.EXTERNAL)
 
 
-def copy(src: Path, dst: Path) -> Path | None:
-    """Copy the graph at ``src`` to ``dst``, and its ``src.data`` to ``dst.data``; returns that (None: one file)."""
+def copy(src: Path, dst: Path, *, link: bool = False) -> Path | None:
+    """Copy the graph at ``src`` to ``dst``, and its ``src.data`` to ``dst.data``; returns that (None: one file).
+
+    ``link``: hard-link the data file instead of copying it, where the file
+    system allows (same bytes, the graph's references renamed): gigabytes of
+    disk and time saved for copies within one export. Safe because nothing here
+    writes a data file in place: every save removes it first.
+    """
+    import onnx
+
     src, dst = Path(src), Path(dst)
-    if is_external(src):
-        return gather(src, dst)
-    remove(dst)
-    shutil.copyfile(src, dst)
-    return None
+    if not is_external(src):
+        remove(dst)
+        shutil.copyfile(src, dst)
+        return None
+    model = load(src, weights=False)
+    out, own = data_path(dst), data_path(src).name
+    entries = [e for t in external_tensors(model) for e in t.external_data if e.key == "location"]
+    if link and all(e.value == own for e in entries):
+        remove(dst)
+        try:
+            os.link(data_path(src), out)
+        except OSError:  # another file system, or no hard links there
+            return save_from(model, dst, src.parent)
+        for e in entries:
+            e.value = out.name
+        onnx.save_model(model, str(dst))
+        return out
+    return save_from(model, dst, src.parent)
 
 
 def gather(src: Path, dst: Path) -> Path | None:
@@ -243,7 +264,7 @@ def move(src: Path, dst: Path) -> Path:
         remove(dst)
         os.replace(src, dst)
         return dst
-    copy(src, dst)
+    copy(src, dst, link=True)
     remove(src)
     return dst
 

@@ -231,7 +231,7 @@ def optimize_with_parity(
         for (name, graph, p, trial), ms in zip(kept, times[1:]):
             trial["ms"] = round(ms, 3)
         fastest = min(kept, key=lambda k: k[3]["ms"])
-        onnx_files.copy(fastest[1], workdir / FUSED_FILE)
+        onnx_files.copy(fastest[1], workdir / FUSED_FILE, link=True)
         for name, graph, p, trial in kept:
             if trial["ms"] > times[0] * 0.98:
                 trial["rejected"] = f"not faster ({trial['ms']:.2f} ms vs {times[0]:.2f} ms unfused)"

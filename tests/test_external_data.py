@@ -280,3 +280,16 @@ def test_fusion_and_shape_inference_read_external_weights_from_disk(external: Pa
             for p in (src, fused, shaped)]
     for out in outs[1:]:  # the fused ops and the inferred shapes let onnxruntime pick other kernels
         np.testing.assert_allclose(out, outs[0], atol=1e-6, rtol=0)
+
+
+def test_linked_copy_shares_the_data_and_survives_the_source(tmp_path: Path) -> None:
+    from crossmodal.export import onnx_files
+
+    src = onnx_files.save(_matmul_graph(), tmp_path / "a.onnx", min_bytes=0)
+    want = _run(src)
+    out = onnx_files.copy(src, tmp_path / "b.onnx", link=True)
+    assert out is not None and out.stat().st_ino == onnx_files.data_path(src).stat().st_ino
+    onnx_files.save(_matmul_graph(rows=32), src, min_bytes=0)  # a new save replaces the file, never writes into it
+    np.testing.assert_array_equal(_run(tmp_path / "b.onnx"), want)
+    onnx_files.remove(src)
+    np.testing.assert_array_equal(_run(tmp_path / "b.onnx"), want)
