@@ -14,7 +14,8 @@ latency as a multiple of this machine's floor (issue 15, item 3).
 4. one onnxruntime profile of each graph at batch 1, one thread: time and node runs by op type.
 
 ``--recount-floors`` counts the floors of ``OUT/text_graphs.json`` again from its recorded peaks (no timing).
-``--prepare-only`` stops after step 1 (exports take minutes: run them niced, outside any timing). Results go
+``--prepare-only`` stops after step 1 (exports take minutes: run them niced, outside any timing) and records
+the node counts of towers the result file does not hold yet. Results go
 to ``OUT/text_graphs.json`` and ``OUT/text_graphs.md``; towers measured in earlier runs stay in those files
 with their own run, peaks and machine, so one tower can be measured at a time.
 """
@@ -59,6 +60,13 @@ def run(args: Any, command: str, log: Callable[[str], None] = print) -> dict[str
     log(f"scenario text: preparing {', '.join(towers)} (exported once, cached in {work / 'text-towers'}) ...")
     prepared = {name: prepare(name, work, tiny=args.quick, log=log) for name in towers}
     if args.prepare_only:
+        # Node counts are worth recording without timing; a tower measured earlier keeps its run.
+        path = out / f"{RESULT_NAME}.json"
+        known = json.loads(path.read_text())["towers"] if path.is_file() else {}
+        new = {name: {"prepared": p, "rows": []} for name, p in prepared.items() if name not in known}
+        if new:
+            write(merge(path, {"towers": new}), out)
+            log(f"node counts of {', '.join(new)} written to {out / (RESULT_NAME + '.md')} (no timing)")
         return None
     budget = Budget(seconds=args.seconds or (0.2 if args.quick else 1.0), warmup_seconds=0.05 if args.quick else 0.3,
                     min_runs=3 if args.quick else 5)
@@ -356,7 +364,8 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---|---|"]
         notes = {"before": "traced, no rewrite",
                  "fused-fp32": "onnxruntime's transformer fusion of *before*, as the export tries it"
-                               + (" (measured below: not kept by the export)" if extra_graphs(p) else " (kept)")}
+                               + ((" (not kept by the export" + ("; timed below as onnxruntime-graph:fused-fp32)" if run else ")"))
+                                  if extra_graphs(p) else " (kept)")}
         for k in ("before", "fused-fp32", *VARIANTS):
             if k not in g:
                 continue
@@ -365,6 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_top_ops(g[k]['runtime_by_op'])} | {notes.get(k) or _choice(g[k])} |")
         lines.append("")
         if not run:
+            lines += ["Not timed yet (exported and counted with `--prepare-only`).", ""]
             continue
         lines += [f"_{cpu_line(run['environment'])}._", "", "| threads | fp32 GEMM GFLOP/s | int8 GEMM GOP/s | bandwidth GB/s |",
                   "|---:|---:|---:|---:|"]
