@@ -88,13 +88,13 @@ def test_markdown_names_the_cpu_the_choices_and_the_target_per_tower() -> None:
     assert "recipe `dynamic` (trials: dynamic 2 ms min cos 0.99990)" in md
     assert "(not kept by the export; timed below as onnxruntime-graph:fused-fp32)" in md
     assert "as the export tries it (kept)" in md
+    assert "**5.00x** at 1 thread(s) (10.0 ms, floor 2.00 ms): not met." in md
+    assert "**1.50x** at 1 thread(s) (3.00 ms, floor 2.00 ms): met." in md
+    assert "MatMulInteger 70% (19)" in md
     unmeasured = _tower("clip", 1.0, 1.0, fused_kept=False)
     del unmeasured["run"]
     md = text_graphs.markdown({"towers": {"clip": unmeasured}})
     assert "(not kept by the export)" in md and "Not timed yet" in md and "| engine |" not in md
-    assert "**5.00x** at 1 thread(s) (10.0 ms, floor 2.00 ms): not met." in md
-    assert "**1.50x** at 1 thread(s) (3.00 ms, floor 2.00 ms): met." in md
-    assert "MatMulInteger 70% (19)" in md
 
 
 def test_a_run_of_one_tower_keeps_the_others_in_the_result_file(tmp_path: Path) -> None:
