@@ -346,6 +346,9 @@ def markdown(result: dict[str, Any]) -> str:
              "median (and min) over fresh processes of each process's median; floor = int8 FLOPs / int8 peak + "
              "fp32 FLOPs / fp32 peak + weight bytes / bandwidth (`crossmodal.bench.roofline`), torch-fp32 against "
              "the fp32 graph's floor.", ""]
+    if result.get("notes"):
+        # What the numbers alone cannot say (a run that met other load, earlier runs): written by whoever measured.
+        lines += ["Notes on these runs:", "", *[f"- {n}" for n in result["notes"]], ""]
     for name, tower in result["towers"].items():
         p, run = tower["prepared"], tower.get("run")
         forced = p.get("int8_recipe_forced")

@@ -91,6 +91,8 @@ def test_markdown_names_the_cpu_the_choices_and_the_target_per_tower() -> None:
     assert "**5.00x** at 1 thread(s) (10.0 ms, floor 2.00 ms): not met." in md
     assert "**1.50x** at 1 thread(s) (3.00 ms, floor 2.00 ms): met." in md
     assert "MatMulInteger 70% (19)" in md
+    assert "- the 1-thread part met other load" in text_graphs.markdown(
+        {"towers": {}, "notes": ["the 1-thread part met other load"]})
     unmeasured = _tower("clip", 1.0, 1.0, fused_kept=False)
     del unmeasured["run"]
     md = text_graphs.markdown({"towers": {"clip": unmeasured}})
