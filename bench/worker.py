@@ -123,9 +123,11 @@ class OnnxGraph:
 
         self.session = make_session(Path(path), "cpu-fp32", threads=threads)
         self.names = {i.name for i in self.session.get_inputs()}
+        self.output = self.session.get_outputs()[0].name  # the embedding, the one output the runtime fetches
 
     def text(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
-        return np.asarray(self.session.run(None, {k: v for k, v in feeds.items() if k in self.names})[0], np.float32)
+        out = self.session.run([self.output], {k: v for k, v in feeds.items() if k in self.names})[0]
+        return np.asarray(out, np.float32)
 
 
 class CrossmodalClip:
