@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     text = p.add_argument_group("scenario 'text' (crossmodal.bench.text_graphs): text towers of other families, "
                                 "node counts before / after the export, latency as floor multiples")
     text.add_argument("--text-towers", default="mbert,albef",
-                      help="comma list of mbert, albef, clip (default mbert,albef; full-size random weights)")
+                      help="comma list of mbert, albef, clip, mclip (XLM-R base M-CLIP), each optionally NAME@INT8_RECIPE "
+                           "(default mbert,albef; full-size random weights)")
     text.add_argument("--text-threads", type=_ints, default=(1, 2), help="thread counts to measure (default 1,2)")
     text.add_argument("--text-engines", default="fp32,int8,torch,graphs",
                       help="what to time: fp32 / int8 (the bundle's graphs), torch (the PyTorch module), graphs "

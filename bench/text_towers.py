@@ -25,7 +25,9 @@ realistic ranges):
 * ``albef``: the text tower of ALBEF 4M (the first ``fusion_layer`` = 6 BERT-base
   layers in text mode, ``[CLS]`` -> text_proj 768 -> 256), two outputs
   (embedding and the token states the re-ranker reads), ALBEF's own tokenizer;
-* ``clip``: the CLIP ViT-B/32 text tower of the main benchmark (same random checkpoint).
+* ``clip``: the CLIP ViT-B/32 text tower of the main benchmark (same random checkpoint);
+* ``mclip``: a Multilingual-CLIP checkpoint (the ``multilingual-clip`` package's own layout, as
+  M-CLIP/XLM-Roberta-Large-Vit-B-32) at xlm-roberta-base sizes (12 layers x 768, 250,002-row table).
 
 The multilingual tokenizer of the real checkpoint is not on this machine: the
 ``mbert`` stand-in tokenises with bert-base-uncased's WordPiece vocabulary
@@ -46,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-TOWERS = ("mbert", "albef", "clip")
+TOWERS = ("mbert", "albef", "clip", "mclip")
 TARGETS = "cpu-fp32,cpu-int8"
 MBERT_CARD = "mbert-clip-vit-b-32-multilingual-v1"
 ALBEF_CARD = "albef_4m"
@@ -136,6 +138,77 @@ def _write_st_distilbert(out: Path, card: dict[str, Any], *, tiny: bool) -> None
     tmp.rename(out)
 
 
+# xlm-roberta-base's sizes (M-CLIP's larger checkpoints use xlm-roberta-large; same layout, see models/cards).
+XLMR_BASE = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                 pad_token_id=1, bos_token_id=0, eos_token_id=2)
+MCLIP_CARD = "mbert-xlm-roberta-large-vit-b-32"
+
+
+def build_mclip(folder: Path, *, tiny: bool) -> Built:
+    """A Multilingual-CLIP checkpoint (the ``multilingual-clip`` package's layout: XLM-R, mean pooling, Linear
+    to 512 with bias, as M-CLIP/XLM-Roberta-Large-Vit-B-32) at xlm-roberta-base sizes, and its text spec."""
+    from crossmodal.export import resources
+    from crossmodal.export.mbert import TEXT_ONLY_LOGIT_SCALE, build_text_spec
+    from crossmodal.export.mbert_sources import read_parts
+
+    card = resources.card(MCLIP_CARD)
+    assert card is not None, MCLIP_CARD
+    ckpt = folder / "m-clip"
+    if not (ckpt / "config.json").is_file():
+        _write_mclip(ckpt, int(card["projection"][0]["out"]), tiny=tiny)
+    parts = read_parts(ckpt)
+    cfg = parts.transformer.config
+    return Built(build_text_spec(parts), {
+        "family": "mbert", "space": ckpt.name, "dim": parts.dim, "logit_scale": TEXT_ONLY_LOGIT_SCALE,
+        "source": {"model": str(ckpt), "format": parts.fmt, "layout_of": card["hub_id"], "sizes": "xlm-roberta-base",
+                   "weights": "random"}},
+        f"M-CLIP layout ({card['hub_id']}) at xlm-roberta-base sizes{' (tiny widths)' if tiny else ''}: XLM-R "
+        f"{cfg.num_hidden_layers} layers x {cfg.hidden_size}, {cfg.vocab_size:,}-row token table, mean pooling, "
+        f"Linear {cfg.hidden_size} -> {parts.dim}; random weights, a SentencePiece-Unigram vocabulary trained on "
+        "the benchmark's captions")
+
+
+def _write_mclip(out: Path, dim: int, *, tiny: bool) -> None:
+    import torch
+    from multilingual_clip.Config_MCLIP import MCLIPConfig
+    from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    from .fixtures import captions, perturb
+
+    torch.manual_seed(0)
+    # The real 250,002-piece SentencePiece model is not on this machine: a small Unigram vocabulary trained on
+    # the captions tokenises them into as many pieces as a real one would, give or take; the table stays full size.
+    tok = XLMRobertaTokenizer(vocab=_unigram_vocab(captions(2000, seed=5)), model_max_length=512)
+    sizes = dict(XLMR_BASE, vocab_size=len(tok), hidden_size=_TINY["hidden"], num_hidden_layers=_TINY["layers"],
+                 num_attention_heads=_TINY["heads"], intermediate_size=_TINY["ffn"]) if tiny else XLMR_BASE
+    base_dir = out.with_name(out.name + "-base")
+    base = XLMRobertaModel(XLMRobertaConfig(**sizes)).eval()
+    perturb(base, seed=0)
+    base.save_pretrained(str(base_dir))
+    tok.save_pretrained(str(base_dir))
+    model = MultilingualCLIP(MCLIPConfig(modelBase=str(base_dir), transformerDimSize=int(sizes["hidden_size"]),
+                                         imageDimSize=16 if tiny else dim)).eval()
+    perturb(model.LinearTransformation, seed=1)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out)
+
+
+def _unigram_vocab(texts: list[str], size: int = 2000) -> list[tuple[str, float]]:
+    """(piece, score) of a SentencePiece-style Unigram model trained on ``texts``, specials first as XLM-R has them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(texts, trainer)
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    return [(str(piece), float(score)) for piece, score in vocab] + [("<mask>", 0.0)]
+
+
 def build_albef(folder: Path, *, tiny: bool) -> Built:
     """The ALBEF 4M text tower (sizes from its card), random weights, and its text spec."""
     import torch
@@ -185,7 +258,8 @@ def build_clip(folder: Path, *, tiny: bool) -> Built:
                  "CLIP ViT-B/32 text tower (transformers CLIPModel, CLIPConfig() defaults), random weights, real BPE vocabulary")
 
 
-BUILDERS: dict[str, Callable[..., Built]] = {"mbert": build_mbert, "albef": build_albef, "clip": build_clip}
+BUILDERS: dict[str, Callable[..., Built]] = {"mbert": build_mbert, "albef": build_albef, "clip": build_clip,
+                                             "mclip": build_mclip}
 
 
 # ----------------------------------------------------------------------------- export once, count nodes
