@@ -172,3 +172,19 @@ def test_side_by_side_comparisons_survive_tower_runs_and_are_rendered(tmp_path: 
     md = text_graphs.markdown(merged)
     assert "## Side by side: int8 graphs of mbert" in md and "Test CPU 9000" in md.split("## Side by side")[1]
     assert "| dynamic | 1 | 1 | 4.30 | 4.20 | 0.99990 |" in md and "| nbits8-fused | 1 | 1 | 18.8 | 18.0 | - |" in md
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_tiny_mclip_tower_is_exported_from_a_multilingual_clip_checkpoint(tmp_path: Path) -> None:
+    from crossmodal.bench.text_towers import prepare
+
+    prepared = prepare("mclip", tmp_path, tiny=True, log=lambda s: None)
+    g = prepared["graphs"]
+    manifest = json.loads((Path(prepared["bundle"]) / "text" / "cpu-int8" / "manifest.json").read_text())
+    assert manifest["extra"]["source_format"] == "m-clip" and manifest["extra"]["pooling"] == "mean"
+    assert manifest["dim"] == 16 and prepared["int8_recipe_forced"] is None
+    # onnxruntime's BERT fusion applies to the XLM-R trace: far fewer nodes run than in the trace
+    assert g["fused-fp32"]["runtime_nodes"] < g["before"]["runtime_nodes"] / 2
+    assert "Attention" in g["fused-fp32"]["runtime_by_op"]
+    assert prepare("mclip", tmp_path, tiny=True, log=lambda s: None) == prepared  # exported once, then reused
