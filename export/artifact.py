@@ -82,8 +82,7 @@ def write_tower(
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=final.parent))
     try:
-        # The data file is hard-linked from the export's work folder (same disk, deleted after): no second copy.
-        data = onnx_files.copy(model_path, staging / MODEL_FILE, link=True)
+        data = onnx_files.copy(model_path, staging / MODEL_FILE)
         fields = {k: v for k, v in manifest_fields.items() if k not in DATA_FIELDS}
         fields["model_file"] = MODEL_FILE
         fields["sha256"] = sha256_file(staging / MODEL_FILE)

@@ -129,35 +129,18 @@ def external_tensors(model: Any) -> Iterator[Any]:
     return (t for t in _get_all_tensors(model) if t.data_location == TensorProto.EXTERNAL)
 
 
-def copy(src: Path, dst: Path, *, link: bool = False) -> Path | None:
+def copy(src: Path, dst: Path) -> Path | None:
     """Copy the graph at ``src`` to ``dst``, and its ``src.data`` to ``dst.data``; returns that (None: one file).
 
-    ``link``: hard-link the data file instead of copying it, where the file
-    system allows (same bytes, the graph's references renamed): gigabytes of
-    disk and time saved for copies within one export. Safe because nothing here
-    writes a data file in place: every save removes it first.
+    Never a hard link, though it would save gigabytes: onnx refuses to read a
+    data file with more than one link (its guard against link attacks).
     """
-    import onnx
-
     src, dst = Path(src), Path(dst)
-    if not is_external(src):
-        remove(dst)
-        shutil.copyfile(src, dst)
-        return None
-    model = load(src, weights=False)
-    out, own = data_path(dst), data_path(src).name
-    entries = [e for t in external_tensors(model) for e in t.external_data if e.key == "location"]
-    if link and all(e.value == own for e in entries):
-        remove(dst)
-        try:
-            os.link(data_path(src), out)
-        except OSError:  # another file system, or no hard links there
-            return save_from(model, dst, src.parent)
-        for e in entries:
-            e.value = out.name
-        onnx.save_model(model, str(dst))
-        return out
-    return save_from(model, dst, src.parent)
+    if is_external(src):
+        return gather(src, dst)
+    remove(dst)
+    shutil.copyfile(src, dst)
+    return None
 
 
 def gather(src: Path, dst: Path) -> Path | None:
@@ -258,14 +241,26 @@ def weights_on_disk(path: Path) -> Iterator[Any]:
 
 
 def move(src: Path, dst: Path) -> Path:
-    """Rename the graph at ``src`` (and its data) to ``dst``."""
+    """Rename the graph at ``src`` (and its data file, with the graph's references to it) to ``dst``."""
+    import onnx
+
     src, dst = Path(src), Path(dst)
+    remove(dst)
     if not is_external(src):
-        remove(dst)
         os.replace(src, dst)
         return dst
-    copy(src, dst, link=True)
-    remove(src)
+    model = load(src, weights=False)
+    own = data_path(src).name
+    entries = [e for t in external_tensors(model) for e in t.external_data if e.key == "location"]
+    if any(e.value != own for e in entries) or src.parent.resolve() != dst.parent.resolve():
+        save_from(model, dst, src.parent)  # other files, or another folder: copy, then drop the source
+        remove(src)
+        return dst
+    os.replace(data_path(src), data_path(dst))
+    for e in entries:
+        e.value = data_path(dst).name
+    onnx.save_model(model, str(dst))
+    src.unlink()
     return dst
 
 

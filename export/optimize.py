@@ -231,14 +231,15 @@ def optimize_with_parity(
         for (name, graph, p, trial), ms in zip(kept, times[1:]):
             trial["ms"] = round(ms, 3)
         fastest = min(kept, key=lambda k: k[3]["ms"])
-        onnx_files.copy(fastest[1], workdir / FUSED_FILE, link=True)
+        # Moved, not copied: one file serves both uses (a copy was 2.2 GB more disk for XLM-R Large).
+        fused = onnx_files.move(fastest[1], workdir / FUSED_FILE)
         for name, graph, p, trial in kept:
             if trial["ms"] > times[0] * 0.98:
                 trial["rejected"] = f"not faster ({trial['ms']:.2f} ms vs {times[0]:.2f} ms unfused)"
             elif name != fastest[0]:
                 trial["rejected"] = f"slower than {fastest[0]}"
         if "rejected" not in fastest[3]:
-            best = OptimizeResult(fastest[1], [fastest[0]], fastest[2])
+            best = OptimizeResult(fused, [fastest[0]], fastest[2])
     best.trials = [base_trial] + trials
     for t in trials:
         log.info("graph rewrite %s: %s", t["rewrite"], t)
