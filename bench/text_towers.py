@@ -195,6 +195,9 @@ def _write_mclip(out: Path, dim: int, *, tiny: bool) -> None:
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     tmp.rename(out)
+    # The checkpoint holds every weight; the exporter reads only the base's config.json (1.1 GB saved on disk).
+    for f in base_dir.glob("*.safetensors"):
+        f.unlink()
 
 
 def _unigram_vocab(texts: list[str], size: int = 2000) -> list[tuple[str, float]]:
