@@ -11,6 +11,13 @@ as before. The data file is always the graph's file name + ``.data`` (the
 convention onnxruntime's own savers follow too), so a graph's files are found,
 copied and removed without parsing the graph; :func:`gather` collects any
 other layout (the TorchScript exporter writes one file per tensor) into it.
+
+Rewrites that need a graph's shapes but few of its weights' values (the
+fusions, shape inference) run on it with the weights left in the data file
+(:func:`weights_on_disk`), and :func:`save_from` streams them into the
+result: for M-CLIP XLM-R Large the fusion step peaked at 1.35 GB instead of
+16 GB. Data files are never hard-linked (onnx refuses to read one with more
+than one link) and never written in place (every save removes the old one).
 """
 
 from __future__ import annotations
