@@ -11,9 +11,10 @@ fp32 threshold or does not make the graph faster.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from numpy.typing import NDArray
 
@@ -32,7 +33,7 @@ ALTERNATE_MAX_BYTES = 1 << 30
 
 def compare_latency_ms(
     paths: Sequence[Path], feed: Mapping[str, NDArray], *, rounds: int = 5, round_seconds: float = 0.25,
-    threads: int | None = None, alternate_max_bytes: int = ALTERNATE_MAX_BYTES,
+    threads: int | None = None, alternate_max_bytes: int = ALTERNATE_MAX_BYTES, cpu_time: bool = False,
 ) -> list[float]:
     """Latency of each graph on ``feed``, robust to other load on the machine.
 
@@ -44,6 +45,15 @@ def compare_latency_ms(
     graphs together exceed ``alternate_max_bytes``, memory wins over that
     robustness: each candidate is loaded, timed for all its rounds and released
     before the next one is loaded.
+
+    ``cpu_time`` times the CPU time of one intra-op thread (onnxruntime then
+    runs the graph on the calling thread) instead of wall time: other load on
+    the machine stretches wall time but hardly the thread's own CPU time. For
+    runs of a few milliseconds (a text query) wall time on a shared machine
+    ranked the int8 recipes by noise: the M-BERT text export chose
+    ``nbits8-fused`` at 21.8 ms over ``dynamic`` at 26.1 ms, which on the
+    paused machine run 18.8 ms and 4.3 ms with one thread, 10.7 and 5.0 with
+    two (docs/bench/text_graphs.md, "Side by side"): the same order.
     """
     from . import onnx_files
 
@@ -51,17 +61,18 @@ def compare_latency_ms(
     if len(paths) > 1 and total > alternate_max_bytes:
         out = []
         for p in paths:
-            out.extend(compare_latency_ms([p], feed, rounds=rounds, round_seconds=round_seconds, threads=threads))
+            out.extend(compare_latency_ms([p], feed, rounds=rounds, round_seconds=round_seconds, threads=threads,
+                                          cpu_time=cpu_time))
         return out
-    times = _alternating_rounds(paths, feed, rounds=rounds, round_seconds=round_seconds, threads=threads)
+    times = _alternating_rounds(paths, feed, rounds=rounds, round_seconds=round_seconds,
+                                threads=1 if cpu_time else threads,
+                                clock=time.thread_time if cpu_time else time.perf_counter)
     release()  # the sessions are closed; give their memory back before the next step
     return times
 
 
 def _alternating_rounds(paths: Sequence[Path], feed: Mapping[str, NDArray], *, rounds: int, round_seconds: float,
-                        threads: int | None) -> list[float]:
-    import time
-
+                        threads: int | None, clock: Callable[[], float]) -> list[float]:
     import numpy as np
 
     from crossmodal.session import make_session
@@ -90,9 +101,9 @@ def _alternating_rounds(paths: Sequence[Path], feed: Mapping[str, NDArray], *, r
             sess, f = sessions[i]
             times = []
             for _ in range(reps):
-                t = time.perf_counter()
+                t = clock()
                 sess.run(None, f)
-                times.append((time.perf_counter() - t) * 1e3)
+                times.append((clock() - t) * 1e3)
             best[i] = min(best[i], float(np.median(times)))
     sessions.clear()
     return best

@@ -147,3 +147,33 @@ def test_a_run_longer_than_a_round_is_timed_once_per_round(tmp_path: Path, monke
     optimize.compare_latency_ms(paths, {"x": np.zeros(1, np.float32)}, rounds=5, round_seconds=round_seconds)
     # One warm-up run and one that sizes the rounds, then five rounds.
     assert runs == {str(p): 2 + 5 * runs_per_round for p in paths}
+
+
+def test_cpu_time_ranks_on_one_thread_by_the_thread_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text recipes are ranked by one intra-op thread's CPU time, which other load on the machine hardly stretches."""
+    import time
+
+    import crossmodal.session
+
+    seen: list[int | None] = []  # the threads each session was opened with
+    thread_clock = iter(range(10_000))  # each reading 1 s later: every timed run takes 1000 ms of "CPU"
+
+    class FakeSession:
+        def get_inputs(self) -> list:
+            return [type("Input", (), {"name": "x"})()]
+
+        def run(self, outputs: None, feed: dict) -> list:
+            return []
+
+    def make_session(path: Path, variant: str, threads: int | None = None, **kw: object) -> FakeSession:
+        seen.append(threads)
+        return FakeSession()
+
+    monkeypatch.setattr(crossmodal.session, "make_session", make_session)
+    monkeypatch.setattr(time, "thread_time", lambda: float(next(thread_clock)))
+    path = tmp_path / "a.onnx"
+    path.write_bytes(b"")
+    assert optimize.compare_latency_ms([path], {"x": np.zeros(1, np.float32)}, cpu_time=True) == [1000.0]
+    assert seen == [1]
+    wall = optimize.compare_latency_ms([path], {"x": np.zeros(1, np.float32)})
+    assert seen == [1, None] and wall[0] < 1000.0  # wall time, the default threads
