@@ -107,3 +107,20 @@ def test_image_calibration_feeds_hold_one_image_each(tiny_clip_dir: Path) -> Non
     # Without images, calibration falls back to the parity noise, one image per feed.
     parity, calib = image_feeds(pre, None)
     assert [f["pixel_values"].shape[0] for f in calib] == [1] * sum(f["pixel_values"].shape[0] for f in parity)
+
+
+def test_text_recipes_are_timed_on_one_twelve_token_query() -> None:
+    from crossmodal.export.quantize import TEXT_TIMING_TOKENS, regime_feed
+
+    def feed(batch: int, tokens: int) -> dict[str, np.ndarray]:
+        ids = np.arange(batch * tokens, dtype=np.int64).reshape(batch, tokens)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    feeds = [feed(1, 5), feed(4, 20), feed(1, 77), feed(1, 16)]
+    got = regime_feed("text", feeds, feeds[1])
+    assert TEXT_TIMING_TOKENS == 12
+    # the shortest single query that is long enough (16 tokens), cut to 12
+    np.testing.assert_array_equal(got["input_ids"], feeds[3]["input_ids"][:, :12])
+    assert got["attention_mask"].shape == (1, 12)
+    # no single query that long: the longest single one
+    assert regime_feed("text", feeds[:2], feeds[1])["input_ids"].shape == (1, 5)
