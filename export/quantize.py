@@ -37,8 +37,9 @@ Two rules keep that choice honest:
 
 - Latency is measured in the regime the tower is used in: the image tower at
   batch 16 (throughput: indexing photo collections), text towers on one
-  12-token query (batch-1 latency: search), by one thread's CPU time. A recipe that wins on a 77-token batch can
-  lose on a 12-token query (MatMulNBits vs dynamic) and vice versa.
+  12-token query (batch-1 latency: search), by one thread's CPU time. A
+  recipe that wins on a 77-token batch can lose on a 12-token query
+  (MatMulNBits vs dynamic) and vice versa.
 - Fidelity comes first: among the recipes that pass ``min_cosine``, those that
   also reach ``PREFERRED_MIN_COSINE`` are preferred, however much faster a
   less faithful one is. On the trained all-MiniLM-L6-v2, per-tensor dynamic
@@ -325,13 +326,13 @@ def _qdq(src: Path, dst: Path, feeds: Sequence[Mapping[str, NDArray]], *, reduce
         "ops": ["MatMul", "Conv"], "calibration_batches": len(feeds), "reduce_range": reduce_range,
     }
     onnx_files.remove(dst)
-    args: dict[str, Any] = dict(
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        per_channel=True, reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
-        calibrate_method=CalibrationMethod.MinMax,
-        use_external_data_format=onnx_files.is_external(src),  # the calibration graph and dst (+ dst.data)
-    )
+    args: dict[str, Any] = {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+        "weight_type": QuantType.QInt8, "per_channel": True, "reduce_range": reduce_range,
+        "op_types_to_quantize": ["MatMul", "Conv"], "calibrate_method": CalibrationMethod.MinMax,
+        "use_external_data_format": onnx_files.is_external(src),  # the calibration graph and dst (+ dst.data)
+    }
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         # onnxruntime < 1.32 takes ranges only from its own calibration: run it there, feed by feed.
         names = {i.name for i in onnx_files.load(src, weights=False).graph.input}
