@@ -109,26 +109,48 @@ _TINY = dict(
 )
 
 
+# Full-size CLIP architectures the harness can make with random weights: transformers' CLIPConfig
+# overrides (ViT-B/32 is CLIPConfig()'s defaults; ViT-L/14 as openai/clip-vit-large-patch14).
+CLIP_SIZES: dict[str, dict[str, Any]] = {
+    "ViT-B/32": {},
+    "ViT-L/14": dict(
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14),
+        projection_dim=768,
+    ),
+}
+
+
+def clip_config(sizes: str) -> Any:
+    """transformers' CLIPConfig for one of :data:`CLIP_SIZES` (or ``"tiny"``), with openai's text token ids."""
+    from transformers import CLIPConfig
+
+    if sizes != "tiny" and sizes not in CLIP_SIZES:
+        raise ValueError(f"unknown CLIP sizes {sizes!r}: choose one of {', '.join(CLIP_SIZES)}")
+    cfg = CLIPConfig(**(_TINY if sizes == "tiny" else CLIP_SIZES[sizes]))
+    # eos/bos as in openai's CLIP configs: pooling at argmax(input_ids) = first end-of-text.
+    for k, v in dict(bos_token_id=0, eos_token_id=2, pad_token_id=1).items():
+        setattr(cfg.text_config, k, v)
+    return cfg
+
+
 # Written into every checkpoint the harness makes, so that `--model DIR` on one of them
 # is reported as random weights, not as someone's trained model.
 RANDOM_MARK = "crossmodal-bench-random.json"
 
 
-def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
-    """Save a random-weight CLIP (ViT-B/32 sizes, or tiny widths for ``--quick``) in transformers format."""
+def random_clip(out: Path, *, tiny: bool, seed: int = 0, sizes: str = "ViT-B/32") -> Path:
+    """Save a random-weight CLIP (``sizes`` from :data:`CLIP_SIZES`, or tiny widths for ``--quick``) in transformers format."""
     if (out / "config.json").is_file() and (out / "vocab.json").is_file():
         if not (out / RANDOM_MARK).is_file():  # made before the mark existed: this path is the harness's own
             _mark_random(out, tiny=tiny, seed=seed)
         return out
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(seed)
-    # eos/bos as in openai/clip-vit-base-patch32's config: pooling at argmax(input_ids) = first end-of-text.
-    text_ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
-    cfg = CLIPConfig(**_TINY) if tiny else CLIPConfig()
-    for k, v in text_ids.items():
-        setattr(cfg.text_config, k, v)
+    cfg = clip_config("tiny" if tiny else sizes)
     model = CLIPModel(cfg).eval()
     perturb(model)
     tmp = out.with_name(out.name + ".tmp")
@@ -136,7 +158,7 @@ def random_clip(out: Path, *, tiny: bool, seed: int = 0) -> Path:
     write_clip_vocab(tmp)
     size = cfg.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(tmp)
-    _mark_random(tmp, tiny=tiny, seed=seed)
+    _mark_random(tmp, tiny=tiny, seed=seed, sizes=sizes)
     tmp.rename(out)
     return out
 
@@ -153,9 +175,10 @@ def perturb(model: Any, seed: int | None = None) -> None:
                 p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
-def _mark_random(folder: Path, *, tiny: bool, seed: int) -> None:
+def _mark_random(folder: Path, *, tiny: bool, seed: int, sizes: str = "ViT-B/32") -> None:
+    label = "tiny" if tiny else ("ViT-B/32 (CLIPConfig() defaults)" if sizes == "ViT-B/32" else sizes)
     (folder / RANDOM_MARK).write_text(json.dumps({"weights": "random", "made_by": "crossmodal bench", "seed": seed,
-                                                  "sizes": "tiny" if tiny else "ViT-B/32 (CLIPConfig() defaults)"}))
+                                                  "sizes": label}))
 
 
 def describe_checkpoint(model: str, hf_dir: Path) -> tuple[bool | None, str]:
@@ -322,5 +345,30 @@ def save_inputs(path: Path, arrays: dict[str, NDArray[Any]]) -> Path:
     return path
 
 
-__all__ = ["ModelSpec", "VectorIndex", "build_index", "captions", "describe_checkpoint", "export_bundle", "prepare_model",
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crossmodal.bench.fixtures OUT --sizes ViT-L/14``: save a random-weight CLIP checkpoint.
+
+    The directory is what ``crossmodal export clip --model OUT`` and ``crossmodal
+    bench --model OUT`` take; its mark file makes every report say "random weights".
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m crossmodal.bench.fixtures",
+                                     description="Save a random-weight CLIP checkpoint (transformers format) for "
+                                                 "export and latency measurements; weights do not change latency.")
+    parser.add_argument("out", type=Path, help="folder to create (kept as is if it already holds a checkpoint)")
+    parser.add_argument("--sizes", choices=[*CLIP_SIZES, "tiny"], default="ViT-B/32",
+                        help="architecture sizes (default: ViT-B/32; tiny: the tests' widths)")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
+    args = parser.parse_args(argv)
+    random_clip(args.out, tiny=args.sizes == "tiny", seed=args.seed, sizes=args.sizes)
+    print(args.out)
+    return 0
+
+
+__all__ = ["CLIP_SIZES", "clip_config", "ModelSpec", "VectorIndex", "build_index", "captions", "describe_checkpoint", "export_bundle", "prepare_model",
            "random_clip", "perturb", "RANDOM_MARK", "write_clip_vocab", "write_photos", "synthetic_photo", "save_inputs", "INDEX_SETTINGS"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

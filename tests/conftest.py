@@ -39,6 +39,7 @@ EXPORT_MODULES = frozenset({
     "test_albef_export.py",
     "test_albef_torch.py",
     "test_bench_quick.py",
+    "test_bench_fixtures.py",
     "test_clip_export.py",
     "test_clip_tokenizer.py",
     "test_custom_export.py",
