@@ -17,7 +17,8 @@ DEFAULT_TARGETS: tuple[str, ...] = ("cpu-fp32", "cpu-int8")
 # The choices of --int8-recipe. "auto" measures the candidates of
 # crossmodal.export.quantize and keeps the best one; the others name one recipe
 # (crossmodal.export.int8_targets says which CPUs each one stays right on).
-INT8_RECIPES: tuple[str, ...] = ("auto", "nbits8", "nbits8-fp32", "dynamic", "dynamic-rr", "qdq", "qdq-rr", "qdq-s8s8")
+INT8_RECIPES: tuple[str, ...] = ("auto", "nbits8", "nbits8-fp32", "dynamic", "dynamic-rr", "qdq", "qdq-rr", "qdq-s8s8",
+                                 "nbits8-fused", "dynamic-fused", "qdq-fused")
 # INT8_TARGETS (from crossmodal.cpu_isa, which reads them back): the choices of
 # --int8-target, the CPUs an int8 graph must stay right on.
 

@@ -427,7 +427,14 @@ def quantize_int8(
         if base_recipe(recipe) in _BUILDERS:
             int8_targets.check_recipe(recipe, target)
     fused = workdir / FUSED_FILE
-    if not fused.is_file() or fused.resolve() == Path(fp32).resolve():
+    no_fused = not fused.is_file() or fused.resolve() == Path(fp32).resolve()
+    if no_fused and recipe != "auto" and recipe.endswith("-fused"):
+        # One --int8-recipe names the recipe of every tower; a tower whose fusions were not kept
+        # (no parity, or nothing to fuse) gets the same recipe on its traced graph.
+        log.warning("int8 recipe %s: no fused fp32 graph was kept for the %s tower; quantising its traced graph "
+                    "with %s", recipe, tower, base_recipe(recipe))
+        names = (base_recipe(recipe),)
+    if no_fused:
         names = tuple(c for c in names if not c.endswith("-fused"))
     unknown = [c for c in names if base_recipe(c) not in _BUILDERS]
     if unknown:

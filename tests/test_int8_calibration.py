@@ -124,3 +124,30 @@ def test_text_recipes_are_timed_on_one_twelve_token_query() -> None:
     assert got["attention_mask"].shape == (1, 12)
     # no single query that long: the longest single one
     assert regime_feed("text", feeds[:2], feeds[1])["input_ids"].shape == (1, 5)
+
+
+def test_a_named_fused_recipe_without_a_kept_fusion_quantises_the_traced_graph(tiny_clip_dir, tmp_path, caplog):
+    """`--int8-recipe dynamic-fused` names every tower's recipe; a tower with no fused graph gets `dynamic`."""
+    import json
+    import logging
+
+    from crossmodal.export import pipeline
+    from crossmodal.export.clip import build_specs
+    from crossmodal.export.cli.bundle_options import add_bundle_arguments
+    from crossmodal.export.options import ExportOptions
+    from crossmodal.export.sources import resolve
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_bundle_arguments(parser, space_help="", calib_help="")
+    assert parser.parse_args(["--out", "x", "--int8-recipe", "dynamic-fused"]).int8_recipe == "dynamic-fused"
+
+    specs, _ = build_specs(resolve(str(tiny_clip_dir)), towers=("text",))
+    options = ExportOptions.create(tmp_path / "bundle", "cpu-int8", int8_recipe="dynamic-fused", optimize=False)
+    with caplog.at_level(logging.WARNING, logger="crossmodal.export.quantize"):
+        summary = pipeline.export_tower(specs[0], tmp_path, options, family="clip", space="test", source={})
+    assert summary["cpu-int8"]["recipe"] == "dynamic"
+    manifest = json.loads((tmp_path / "bundle" / "text" / "cpu-int8" / "manifest.json").read_text())
+    assert [t["recipe"] for t in manifest["quantization"]["trials"]] == ["dynamic"]
+    assert "no fused fp32 graph was kept for the text tower" in caplog.text

@@ -27,7 +27,8 @@ def add_bundle_arguments(p: argparse.ArgumentParser, *, space_help: str, calib_h
     p.add_argument("--calib", type=Path, help=calib_help)
     p.add_argument("--int8-recipe", default="auto", choices=INT8_RECIPES,
                    help="int8 quantisation recipe; auto measures the candidates and keeps the fastest that "
-                        "meets the fidelity bar; a named recipe skips the search (default: %(default)s)")
+                        "meets the fidelity bar; a named recipe skips the search; *-fused quantises the fused fp32 "
+                        "graph (a tower without one gets the plain recipe) (default: %(default)s)")
     p.add_argument("--int8-target", choices=INT8_TARGETS,
                    help="CPUs the int8 graph must stay right on: avx2 (x86 without VNNI: 7-bit weights or fp32 "
                         "arithmetic, no 16-bit saturation), avx512-vnni, arm64, or portable (any of them); "
