@@ -273,17 +273,18 @@ def graph_cost(model_path: str | Path, shapes: Mapping[str, tuple[int, ...]]) ->
 
 def graph_costs(model_path: str | Path, shape_sets: list[Mapping[str, tuple[int, ...]]]) -> list[GraphCost]:
     """:func:`graph_cost` at each of ``shape_sets``, from one session."""
-    import onnx
-
     import tempfile
 
+    import onnx
+
     model = onnx.load(str(model_path), load_external_data=False)
+    graph = _Graph(model, str(model_path))
     names = [n.name for n in model.graph.node]
     if len(set(names)) == len(names) and "" not in names:
-        graph = _Graph(model, str(model_path))
-        return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(Path(model_path), shape_sets), shape_sets)]
+        return _costs(graph, Path(model_path), shape_sets)
     # The profile is matched by node name: onnxruntime's transformer optimizer leaves some nodes
-    # unnamed (the M-BERT fp32 graph), so count on a copy whose every node has a name of its own.
+    # unnamed (the M-BERT fp32 graph), so profile a copy whose every node has a name of its own
+    # (``graph`` shares the node objects, so it matches the new names).
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise RooflineError(f"{model_path}: node names are missing or repeated and the weights are external; "
                             "the profile cannot be matched")
@@ -295,8 +296,11 @@ def graph_costs(model_path: str | Path, shape_sets: list[Mapping[str, tuple[int,
     with tempfile.TemporaryDirectory(prefix="roofline-named-") as tmp:
         named = Path(tmp) / "named.onnx"
         onnx.save(model, str(named))
-        graph = _Graph(model, str(model_path))
-        return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(named, shape_sets), shape_sets)]
+        return _costs(graph, named, shape_sets)
+
+
+def _costs(graph: "_Graph", profiled: Path, shape_sets: list[Mapping[str, tuple[int, ...]]]) -> list[GraphCost]:
+    return [graph.cost(ran, shapes) for ran, shapes in zip(_profile_runs(profiled, shape_sets), shape_sets)]
 
 
 class _Graph:
