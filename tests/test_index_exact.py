@@ -99,3 +99,36 @@ def test_concurrent_searches_and_adds_stay_consistent() -> None:
 
     run_concurrently([searcher, searcher, searcher, writer])
     assert len(table) == 12_000
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_get_vectors_returns_stored_vectors_by_key_with_missing_ones_named(tmp_path, dtype: str) -> None:
+    from crossmodal.errors import IndexStoreError, InputError
+    from crossmodal.index import Index
+
+    x = _vecs(40, 16, 5)
+    keys = np.arange(100, 140, dtype=np.uint64)
+    with Index.create(tmp_path / "v.idx", bundle="b", dim=16, dtype=dtype) as idx:
+        idx.add(x, keys=keys)
+        idx.add(x[:3] * 2, keys=[7, 8, 9], tower="text")
+        idx.remove([105])
+    want = [139, 100, 105, 3, 139]
+    with Index.open(tmp_path / "v.idx", read_only=True) as idx:
+        for warm in (False, True):  # the same answer before and after the scan table is built
+            vecs, missing = idx.get_vectors(want)
+            assert vecs.shape == (5, 16) and vecs.dtype == np.float32
+            assert missing == [105, 3]
+            atol = 0 if dtype == "f32" else 2e-3  # f16 storage rounds
+            np.testing.assert_allclose(vecs[[0, 1, 4]], x[[39, 0, 39]], atol=atol, rtol=0 if dtype == "f32" else 1e-3)
+            assert np.isnan(vecs[[2, 3]]).all()
+            idx.warm_up()
+        text, missing = idx.get_vectors(np.array([8], dtype=np.uint64), tower="text")
+        assert missing == [] and np.allclose(text[0], x[1] * 2, rtol=1e-3)  # stored as added, not normalised
+        empty, missing = idx.get_vectors([])
+        assert empty.shape == (0, 16) and missing == []
+        with pytest.raises(InputError, match="non-negative integers"):
+            idx.get_vectors([-1])
+        with pytest.raises(InputError, match="non-negative integers"):
+            idx.get_vectors([1.5])
+    with pytest.raises(IndexStoreError, match="closed"):
+        idx.get_vectors([100])
