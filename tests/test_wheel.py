@@ -25,31 +25,64 @@ def _setuptools_config() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
 
 
+def _package_folders(root: Path) -> list[Path]:
+    """The folders under ``root`` that are packages: each, and every folder between it and ``root``, has an
+    ``__init__.py`` (as setuptools' package discovery reads it). A folder that is not one (bench/results with a
+    benchmark's virtualenv in it, users' bundles under models/) is not looked into."""
+    if not (root / "__init__.py").is_file():
+        return []
+    found = [root]
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name != "__pycache__":
+            found += _package_folders(child)
+    return found
+
+
+def test_package_discovery_does_not_look_into_folders_that_are_not_packages(tmp_path: Path) -> None:
+    for folder in ("pkg", "pkg/sub", "pkg/results/venv/site/lib", "pkg/data"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    for folder in ("pkg", "pkg/sub", "pkg/results/venv/site/lib"):  # results/ itself has none
+        (tmp_path / folder / "__init__.py").write_text("")
+    assert _package_folders(tmp_path / "pkg") == [tmp_path / "pkg", tmp_path / "pkg" / "sub"]
+    assert _package_folders(tmp_path / "pkg" / "data") == []
+
+
+def _data_folders(cfg: dict, package: str) -> set[str]:
+    """First path components of ``package``'s package-data globs (``cards/*.json`` -> ``cards``)."""
+    return {glob.split("/", 1)[0] for glob in cfg.get("package-data", {}).get(package, []) if "/" in glob}
+
+
 def test_every_package_folder_is_listed_in_pyproject() -> None:
     cfg = _setuptools_config()
     found = set()
     for name, folder in cfg["package-dir"].items():
         root = ROOT / folder
-        for init in root.rglob("__init__.py"):
-            found.add(".".join([name, *init.parent.relative_to(root).parts]))
+        for pkg in _package_folders(root):
+            found.add(".".join([name, *pkg.relative_to(root).parts]))
     assert {"crossmodal.models", "crossmodal.examples", "crossmodal.export.cli"} <= found
     assert sorted(found) == sorted(cfg["packages"]), "a sub-package missing from pyproject's packages is left out of the wheel"
 
 
 def _copy_tree(dst: Path) -> None:
-    """What a build needs: pyproject, README and the mapped folders, without caches or exported bundles."""
+    """What a build needs: pyproject, README and the mapped folders' packages with their package-data folders;
+    not caches, exported bundles or benchmark results (bench/results can hold gigabytes)."""
     cfg = _setuptools_config()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dst / name)
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
-    for folder in set(cfg["package-dir"].values()):
-        def ignore(path: str, names: list[str], folder: str = folder) -> set[str]:
+    for name, folder in cfg["package-dir"].items():
+        root = ROOT / folder
+        packages = {pkg: ".".join([name, *pkg.relative_to(root).parts]) for pkg in _package_folders(root)}
+
+        def ignore(path: str, names: list[str], packages: dict[Path, str] = packages) -> set[str]:
             out = set(skip(path, names))
-            if folder == "models" and Path(path) == ROOT / "models":
-                out |= {n for n in names if (Path(path) / n).is_dir() and n != "cards"}  # users' bundles
+            here = Path(path)
+            if here in packages:  # a package: its sub-packages and declared data folders, no other folder
+                data = _data_folders(cfg, packages[here])
+                out |= {n for n in names if (here / n).is_dir() and here / n not in packages and n not in data}
             return out
 
-        shutil.copytree(ROOT / folder, dst / folder, ignore=ignore)
+        shutil.copytree(root, dst / folder, ignore=ignore)
 
 
 _CHECK = """
