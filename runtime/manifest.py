@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ArtifactError
+from .inputs import is_int
 from .variants import VARIANTS
 
 FORMAT_VERSION = 1
@@ -95,7 +96,9 @@ class ImagePreprocess:
 
     def __post_init__(self) -> None:
         where = "manifest preprocess"
-        _require(isinstance(self.size, int) and self.size > 0, where, f"bad size {self.size!r}")
+        _require(is_int(self.size) and self.size > 0, where, f"bad size {self.size!r}")
+        _require(self.crop_size is None or is_int(self.crop_size) and self.crop_size > 0, where,
+                 f"bad crop_size {self.crop_size!r}")
         _require(self.resize in RESIZE_MODES, where, f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         _require(self.interpolation in INTERPOLATIONS, where, f"unknown interpolation {self.interpolation!r}")
         _require(len(self.mean) == 3 and len(self.std) == 3, where, "mean and std need 3 values")
@@ -147,7 +150,9 @@ class TextSettings:
 
     def __post_init__(self) -> None:
         where = "manifest text"
-        _require(isinstance(self.max_length, int) and self.max_length > 1, where, f"bad max_length {self.max_length!r}")
+        _require(is_int(self.max_length) and self.max_length > 1, where, f"bad max_length {self.max_length!r}")
+        _require(self.max_words is None or is_int(self.max_words) and self.max_words > 0, where,
+                 f"bad max_words {self.max_words!r}")
         _require(self.cleaning in TEXT_CLEANINGS, where, f"cleaning must be one of {TEXT_CLEANINGS}, got {self.cleaning!r}")
 
     @classmethod
@@ -202,7 +207,7 @@ class TowerManifest:
                  f"format_version {self.format_version} is not supported by this crossmodal (expects {FORMAT_VERSION})")
         _require(self.tower in TOWERS, where, f"tower must be one of {TOWERS}")
         _require(self.variant in VARIANTS, where, f"variant must be one of {VARIANTS}")
-        _require(isinstance(self.dim, int) and self.dim > 0, where, f"bad dim {self.dim!r}")
+        _require(is_int(self.dim) and self.dim > 0, where, f"bad dim {self.dim!r}")
         _require(len(self.inputs) > 0 and len(self.outputs) > 0, where, "needs inputs and outputs")
         if self.tower == "image":
             _require(self.preprocess is not None, where, "an image tower needs a `preprocess` section")
@@ -213,7 +218,7 @@ class TowerManifest:
                      f"data_file {self.data_file!r} must be a file name next to {self.model_file}")
             _require(bool(_SHA256.fullmatch(self.data_sha256)), where,
                      f"data_sha256 of {self.data_file} must be 64 lowercase hex digits")
-            _require(isinstance(self.data_bytes, int) and self.data_bytes > 0, where,
+            _require(is_int(self.data_bytes) and self.data_bytes > 0, where,
                      f"data_bytes of {self.data_file} must be a positive size")
 
     @property
@@ -280,7 +285,7 @@ class BundleInfo:
         where = f"bundle.json of {self.name!r}"
         _require(self.format_version == FORMAT_VERSION, where,
                  f"format_version {self.format_version} is not supported (expects {FORMAT_VERSION})")
-        _require(isinstance(self.dim, int) and self.dim > 0, where, f"bad dim {self.dim!r}")
+        _require(is_int(self.dim) and self.dim > 0, where, f"bad dim {self.dim!r}")
         _require(bool(self.towers) and set(self.towers) <= set(TOWERS), where,
                  f"towers must map names from {TOWERS} to folders")
         for folder in self.towers.values():

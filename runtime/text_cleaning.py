@@ -22,6 +22,8 @@ from __future__ import annotations
 import html
 import re
 
+from .inputs import positive_int
+
 CLEANING_RULES = ("none", "clip", "albef", "bert")
 ALBEF_DEFAULT_MAX_WORDS = 30
 
@@ -55,8 +57,7 @@ def clean_albef(text: str, max_words: int = ALBEF_DEFAULT_MAX_WORDS) -> str:
     double space that the collapse step then removes. Words are counted by
     splitting on single spaces, as the original does.
     """
-    if max_words < 1:
-        raise ValueError(f"clean_albef: max_words must be >= 1, got {max_words!r}")
+    max_words = positive_int("clean_albef: max_words", max_words)
     text = _ALBEF_DROP.sub("", text.lower())
     text = text.replace("-", " ").replace("/", " ").replace("<person>", "person")
     text = _ALBEF_SPACES.sub(" ", text)

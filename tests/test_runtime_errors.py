@@ -58,6 +58,20 @@ def test_manifest_missing_field(bundle_copy: Path) -> None:
         crossmodal.load(bundle_copy)
 
 
+def test_manifest_counts_out_of_range_are_refused_at_load() -> None:
+    from crossmodal.manifest import ImagePreprocess, TextSettings
+
+    # Refused when the bundle is read, not at the first encode (max_words 0 once failed only inside clean_albef).
+    for bad in ({"crop_size": 0}, {"crop_size": -4}, {"size": True}, {"size": 0}):
+        with pytest.raises(ArtifactError, match=rf"manifest preprocess: bad {next(iter(bad))}"):
+            ImagePreprocess(**{"size": 224, **bad})
+    for bad in ({"max_words": 0}, {"max_words": True}, {"max_length": 1}):
+        with pytest.raises(ArtifactError, match=rf"manifest text: bad {next(iter(bad))}"):
+            TextSettings(**{"max_length": 77, **bad})
+    assert ImagePreprocess(size=224, crop_size=200).output_size == 200
+    assert TextSettings(max_length=30, cleaning="albef", max_words=30).max_words == 30
+
+
 def test_model_file_missing(bundle_copy: Path) -> None:
     (bundle_copy / "image" / "cpu-fp32" / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match="model.onnx is missing"):

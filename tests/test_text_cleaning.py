@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crossmodal.errors import InputError
 from crossmodal.manifest import TEXT_CLEANINGS, TextSettings
 from crossmodal.text import TextTokenizer
 from crossmodal.text_cleaning import CLEANING_RULES, clean, clean_albef, clean_clip
@@ -65,8 +66,9 @@ def test_clean_albef_word_limit() -> None:
     assert clean_albef(words).split(" ") == [f"w{i}" for i in range(30)]
     assert clean_albef(words, max_words=5) == "w0 w1 w2 w3 w4"
     assert clean_albef("one two", max_words=5) == "one two"
-    with pytest.raises(ValueError, match="max_words"):
-        clean_albef("x", max_words=0)
+    for bad in (0, -1, True, 2.5):  # the shared count rule: a bool is not a count
+        with pytest.raises(InputError, match="max_words must be a positive integer"):
+            clean_albef("x", max_words=bad)
 
 
 CLIP_CASES = [
