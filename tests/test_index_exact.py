@@ -124,6 +124,10 @@ def test_get_vectors_returns_stored_vectors_by_key_with_missing_ones_named(tmp_p
             idx.warm_up()
         text, missing = idx.get_vectors(np.array([8], dtype=np.uint64), tower="text")
         assert missing == [] and np.allclose(text[0], x[1] * 2, rtol=1e-3)  # stored as added, not normalised
+        _, missing = idx.get_vectors(want, where={"added_after": 4102444800})  # 2100-01-01: the filter keeps none
+        assert missing == want
+        with pytest.raises(InputError, match="unknown filter field"):
+            idx.get_vectors(want, where={"colour": "red"})
         empty, missing = idx.get_vectors([])
         assert empty.shape == (0, 16) and missing == []
         with pytest.raises(InputError, match="non-negative integers"):

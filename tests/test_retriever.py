@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -227,30 +228,102 @@ def test_caption_fusion_ranks_the_image_with_a_matching_caption_first(captioned:
     assert len(batch) == 2 and all(len(row) == 1 for row in batch)
 
 
-def test_caption_fusion_scores_candidates_outside_a_list_by_its_last_score(tmp_path: Path) -> None:
-    # 60 images: 50 fill the image top-50 (N for k <= 12); z is 60th by pixels but its caption is the query.
-    rng = np.random.default_rng(3)
+def _min_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks, best first, equal scores sharing the better rank (as crossmodal.evaluate ranks)."""
+    return np.array([1 + int((scores > s).sum()) for s in scores])
+
+
+def brute_force_fused(q: np.ndarray, images: np.ndarray, captions: dict[int, np.ndarray], *, mode: str,
+                      weight: float = 0.5, keep: np.ndarray | None = None) -> dict[int, float]:
+    """The documented fusion rule applied to every image (row i of ``images``; ``captions[i]``: its
+    caption vectors), in plain numpy: what caption_fused must return the top of."""
+    keep = np.ones(len(images), bool) if keep is None else keep
+    rows = np.flatnonzero(keep)
+    cos = lambda m: (m / np.linalg.norm(m, axis=-1, keepdims=True)) @ (q / np.linalg.norm(q))  # noqa: E731
+    a = cos(images[rows])
+    b = np.array([cos(captions[i]).max() if i in captions else np.nan for i in rows])
+    has = ~np.isnan(b)
+    if mode == "weighted":
+        fused = np.where(has, (1 - weight) * a + weight * np.nan_to_num(b), a)
+    else:
+        rank_b = np.zeros(len(rows))
+        rank_b[has] = _min_ranks(b[has])
+        fused = 1 / (60 + _min_ranks(a)) + np.where(has, 1 / (60 + rank_b), 0.0)
+    return {int(i): float(f) for i, f in zip(rows, fused)}
+
+
+@pytest.fixture()
+def many_captioned(tmp_path: Path):
+    """300 images (keys 0..299, path i.png); 140 of them have 1-2 caption items. The captions are
+    drawn independently of their images, so an image's two rankings disagree: many fused hits
+    are in one top-N list only. Images 150.. are added after ``t`` (``added_after``)."""
+    rng = np.random.default_rng(11)
     q = unit(rng.standard_normal(DIM))
+    images = np.stack([unit(0.3 * q + rng.standard_normal(DIM)) for _ in range(300)])
+    captions = {int(i): np.stack([unit(0.6 * q + rng.standard_normal(DIM)) for _ in range(1 + int(i) % 2)])
+                for i in rng.choice(300, 140, replace=False)}
     enc = FakeEncoder(dim=DIM)
-    with Index.create(tmp_path / "idx", bundle=enc.bundle, root=tmp_path) as idx:
-        imgs = np.stack([unit(q * (1 - i / 60) + rng.standard_normal(DIM)) for i in range(60)])
-        order = np.argsort(-(imgs @ q))
-        names = [f"{i}.png" for i in range(60)]
-        idx.add(imgs, [{"path": n} for n in names])  # keys from the vectors' bytes
-        z = int(order[-1])
-        idx.add(q[None], [{"path": names[z], "caption": "exact", "sha256": "f" * 64}], tower="text")
-        r = Retriever(enc, idx)
-        hits = {Path(h.path).name: h.score for h in r.search_text("q", k=12, vectors=q[None], fuse="captions")}
-        assert names[z] not in {Path(h.path).name for h in r.search_text("q", k=12, vectors=q[None])}
-        floor = float(np.sort(imgs @ q)[::-1][49])  # the 50th image score: an upper bound for z's
-        assert floor > float(imgs[z] @ q)
-        assert hits[names[z]] == pytest.approx(0.5 * floor + 0.5 * 1.0, abs=1e-5)
-        # the others have no caption: their image cosines, best first
-        rest = sorted((float(x) for x in imgs @ q), reverse=True)
-        assert sorted(s for n, s in hits.items() if n != names[z])[::-1] == pytest.approx(rest[:11], abs=1e-5)
-        # a filter on the date cannot be checked for an image only its caption brought: left out
-        later = r.search_text("q", k=3, vectors=q[None], fuse="captions", where={"added_after": 0})
-        assert names[z] not in [Path(h.path).name for h in later]
+    idx = Index.create(tmp_path / "idx", bundle=enc.bundle, root=tmp_path)
+    owners = [i for i, caps in captions.items() for _ in caps]
+    idx.add(np.concatenate(list(captions.values())), [{"path": f"{i}.png", "caption": f"caption of {i}"} for i in owners],
+            keys=range(10_000, 10_000 + len(owners)), tower="text")
+    idx.add(images[:150], [{"path": f"{i}.png"} for i in range(150)], keys=range(150))
+    t = time.time()
+    time.sleep(0.01)
+    idx.add(images[150:], [{"path": f"{i}.png"} for i in range(150, 300)], keys=range(150, 300))
+    yield Retriever(enc, idx), q, images, captions, t
+    idx.close()
+
+
+@pytest.mark.parametrize("mode", ["weighted", "rrf"])
+@pytest.mark.parametrize("k", [1, 5, 12, 40])
+def test_caption_fusion_equals_the_rule_over_every_image(many_captioned: Any, mode: str, k: int) -> None:
+    r, q, images, captions, _ = many_captioned
+    want = brute_force_fused(q, images, captions, mode=mode)
+    best = sorted(want, key=lambda i: -want[i])[:k]
+    hits = r.search_text("q", k=k, vectors=q[None], fuse="captions", fuse_mode=mode)
+    assert [h.key for h in hits] == best
+    np.testing.assert_allclose([h.score for h in hits], [want[i] for i in best], rtol=0, atol=2e-6)
+    assert [Path(h.path).name for h in hits] == [f"{i}.png" for i in best]  # type: ignore[arg-type]
+    # The point of the check: hits found by one top-N list only (N = max(4k, 50)) carry their true score.
+    n = max(4 * k, 50)
+    by_image = set(np.argsort(-(images @ q))[:n].tolist())
+    cap_scores = sorted(((float(c @ q), i) for i, caps in captions.items() for c in caps), reverse=True)[:n]
+    by_caption = {i for _, i in cap_scores}
+    if k >= 5:
+        assert any((i in by_image) != (i in by_caption) for i in best)
+
+
+@pytest.mark.parametrize("mode", ["weighted", "rrf"])
+def test_caption_fusion_with_filters_equals_the_rule_over_the_matching_images(many_captioned: Any,
+                                                                            mode: str) -> None:
+    r, q, images, captions, t = many_captioned
+    names = np.array([f"{i}.png" for i in range(300)])
+    captioned = np.isin(np.arange(300), list(captions))
+    cases = [({"path_prefix": "1"}, np.char.startswith(names, "1")),
+             ({"added_after": t}, np.arange(300) >= 150),  # caption items predate every image: checked per image
+             ({"has_caption": True}, captioned),
+             ({"path_prefix": "2", "added_after": t}, np.char.startswith(names, "2") & (np.arange(300) >= 150))]
+    for where, keep in cases:
+        want = brute_force_fused(q, images, captions, mode=mode, keep=keep)
+        best = sorted(want, key=lambda i: -want[i])[:10]
+        hits = r.search_text("q", k=10, vectors=q[None], fuse="captions", fuse_mode=mode, where=where)
+        assert [h.key for h in hits] == best, where
+        np.testing.assert_allclose([h.score for h in hits], [want[i] for i in best], rtol=0, atol=2e-6)
+    # has_caption=False: no caption to fuse, the image ranking (weighted: the image cosine itself)
+    plain = r.search_text("q", k=10, vectors=q[None], where={"has_caption": False})
+    fused = r.search_text("q", k=10, vectors=q[None], fuse="captions", fuse_mode=mode, where={"has_caption": False})
+    assert [h.key for h in fused] == [h.key for h in plain]
+
+
+def test_caption_fusion_on_the_graph_scores_each_candidate_from_its_vectors(many_captioned: Any) -> None:
+    # exact=False: one round of graph searches (no deepening), but every weighted score is still exact
+    r, q, images, captions, _ = many_captioned
+    want = brute_force_fused(q, images, captions, mode="weighted")
+    hits = r.search_text("q", k=10, vectors=q[None], fuse="captions", exact=False)
+    assert len(hits) == 10
+    np.testing.assert_allclose([h.score for h in hits], [want[h.key] for h in hits], rtol=0, atol=2e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_hybrid_merges_keyword_and_vector_hits_by_rrf(captioned: Any) -> None:

@@ -556,16 +556,17 @@ class Index:
         return [SearchResult(key=key, score=score, path=recs[key].path, caption=recs[key].caption, tower=tower)
                 for key, score in hits if key in recs]
 
-    def get_vectors(self, keys: int | Sequence[int] | NDArray[np.integer], *, tower: str = "image"
-                    ) -> tuple[NDArray[np.float32], list[int]]:
+    def get_vectors(self, keys: int | Sequence[int] | NDArray[np.integer], *, tower: str = "image",
+                    where: Filter | Mapping[str, Any] | None = None) -> tuple[NDArray[np.float32], list[int]]:
         """The stored vectors of ``keys`` in ``tower``: ``(vectors, missing)``.
 
         ``vectors`` is float32 of shape ``(len(keys), dim)``, row ``i`` the vector of ``keys[i]``
         as the index stores it (as added for f32; f16 / i8 decoded, so quantised), not
         normalised; ``missing`` lists, in order, the keys this instance does not hold, whose
         rows are NaN (so they cannot be used by accident). A reader sees the vectors of the
-        moment it opened. Caption fusion scores its candidates with it; copying items
-        between indexes reads it too.
+        moment it opened. ``where`` (a :class:`~crossmodal.index.filters.Filter` or its mapping):
+        keys the filter does not keep count as missing too. Caption fusion scores its
+        candidates with it; copying items between indexes reads it too.
         """
         if self._closed:
             raise IndexStoreError(f"index {self._path} is closed.")
@@ -575,6 +576,10 @@ class Index:
             raise InputError(f"keys must be non-negative integers (index keys), got {arr.dtype} values.")
         karr = arr.reshape(-1).astype(np.uint64)
         vecs, found = self._towers[tower].vectors(karr)
+        allowed = self._allowed_keys(tower, where)
+        if allowed is not None and found.any():
+            found &= np.isin(karr, allowed)
+            vecs[~found] = np.nan
         return vecs, [int(k) for k in karr[~found]]
 
     def captions_of(self, image_keys: Sequence[int] | NDArray[np.integer]) -> dict[int, list[tuple[int, str]]]:
