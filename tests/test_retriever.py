@@ -316,6 +316,25 @@ def test_caption_fusion_with_filters_equals_the_rule_over_the_matching_images(ma
     assert [h.key for h in fused] == [h.key for h in plain]
 
 
+@pytest.mark.parametrize("mode", ["weighted", "rrf"])
+def test_caption_fusion_over_shards_equals_one_index(many_captioned: Any, tmp_path: Path, mode: str) -> None:
+    from crossmodal.index.sharded import open_many, split_index
+
+    r, q, images, captions, t = many_captioned
+    r.index.save()
+    paths = split_index(r.index, 3, tmp_path / "shards")
+    want = brute_force_fused(q, images, captions, mode=mode)
+    best = sorted(want, key=lambda i: -want[i])[:12]
+    with open_many(paths) as shards:
+        hits = Retriever(r.encoder, shards).search_text("q", k=12, vectors=q[None], fuse="captions", fuse_mode=mode)
+        assert [h.key for h in hits] == best
+        np.testing.assert_allclose([h.score for h in hits], [want[i] for i in best], rtol=0, atol=2e-6)
+        late = Retriever(r.encoder, shards).search_text("q", k=5, vectors=q[None], fuse="captions",
+                                                        fuse_mode=mode, where={"added_after": t})
+    keep = brute_force_fused(q, images, captions, mode=mode, keep=np.arange(300) >= 150)
+    assert [h.key for h in late] == sorted(keep, key=lambda i: -keep[i])[:5]
+
+
 def test_caption_fusion_on_the_graph_scores_each_candidate_from_its_vectors(many_captioned: Any) -> None:
     # exact=False: one round of graph searches (no deepening), but every weighted score is still exact
     r, q, images, captions, _ = many_captioned
