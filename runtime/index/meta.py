@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -52,14 +53,50 @@ def create_meta(db: Path, state: Mapping[str, Any]) -> None:
         conn.close()
 
 
+def on_read_only_file_system(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (nothing there can change it)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+
+
+def _reader_uri(db: Path) -> str:
+    """The URI a reader opens ``meta.sqlite`` with.
+
+    In WAL mode even a read-only connection needs the ``-shm`` file, which it creates when
+    it is missing; a writer that closes removes it. On a read-only file system it cannot
+    be created, so there the database is opened ``immutable``: no ``-shm``, no locks, and
+    the ``-wal`` file is ignored. That is safe because nothing can write there, provided
+    the last writer checkpointed the WAL into the database: :meth:`MetaStore.close` does
+    (a writer leaves no ``-wal``, or an empty one). A non-empty ``-wal`` (the writer was
+    killed, or writes the same files through another mount) may hold commits an immutable
+    reader would miss, so it is refused rather than read as an older state.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(db.resolve()))}?mode=ro"
+    if not on_read_only_file_system(db.parent):
+        return uri
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise IndexStoreError(
+            f"{wal} is not empty: the index's last writer did not close it (killed, or still writing through "
+            f"another mount), and on this read-only file system its last commits cannot be read. Open the index "
+            "once for writing where its storage is writable, e.g. `python -c \"from crossmodal.index import "
+            f"Index; Index.open('{db.parent}').close()\"` (that checkpoints the WAL), then mount it read-only again.")
+    return uri + "&immutable=1"
+
+
 def connect(db: Path, read_only: bool) -> sqlite3.Connection:
-    """Open ``meta.sqlite`` (autocommit: transactions are explicit); IndexStoreError if it is not one."""
+    """Open ``meta.sqlite`` (autocommit: transactions are explicit); IndexStoreError if it is not one.
+
+    A reader opens it read-only, ``immutable`` on a read-only file system (see :func:`_reader_uri`).
+    """
     try:
         if read_only:
-            from urllib.parse import quote
-
-            conn = sqlite3.connect(f"file:{quote(str(db.resolve()))}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False, timeout=30)
+            conn = sqlite3.connect(_reader_uri(db), uri=True, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
         else:
             conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +104,13 @@ def connect(db: Path, read_only: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA synchronous=FULL")
         conn.execute("SELECT COUNT(*) FROM state").fetchone()
     except sqlite3.Error as exc:
+        if read_only and not os.access(db.parent, os.W_OK) and not on_read_only_file_system(db.parent):
+            # SQLite only says "unable to open database file".
+            raise IndexStoreError(
+                f"{db} cannot be opened ({exc}): {db.parent} is not writable by this user, and a reader of an "
+                f"index in WAL mode needs to create {db.name}-shm there (a writer may be changing the index). "
+                "Give this user write access to the folder, or mount the storage read-only (readers then open "
+                "the index without that file).") from exc
         raise IndexStoreError(f"{db} is not a readable crossmodal metadata store ({exc}); it is corrupt. "
                               "Rebuild the index with `crossmodal index build`.") from exc
     return conn
@@ -262,5 +306,19 @@ class MetaStore:
         return self._fts_schema
 
     def close(self) -> None:
-        """Close the connection (committed changes are already durable)."""
-        self.conn.close()
+        """Close the connection (committed changes are already durable).
+
+        A writer first checkpoints the WAL into the database and truncates it, so the
+        closed index is complete in ``meta.sqlite`` alone: a copy of it, or a reader on a
+        read-only mount (which ignores the WAL), sees every commit.
+        """
+        try:
+            if not self.read_only:
+                with self.guard():
+                    # TRUNCATE waits (busy timeout) for readers in a read transaction; ours hold none
+                    # between calls. A checkpoint that cannot finish leaves the WAL for the next writer.
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except IndexStoreError:
+            pass
+        finally:
+            self.conn.close()

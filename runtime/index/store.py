@@ -78,7 +78,7 @@ from .format import (
     vectors_file,
 )
 from .keyword import match_expression
-from .meta import ItemRow, MetaStore, connect, create_meta, read_state
+from .meta import ItemRow, MetaStore, connect, create_meta, on_read_only_file_system, read_state
 from .records import ItemRecord, SearchResult
 from .recovery import header_is_current, recover
 from .search import TowerSearch
@@ -164,6 +164,10 @@ class Index:
                                   "build one with `crossmodal index build`.")
         if read_only and repair:
             raise InputError("repair=True needs a writable index (read_only=False).")
+        if not read_only and on_read_only_file_system(path):
+            raise IndexStoreError(f"{path} is on a read-only file system: open it with read_only=True "
+                                  "(`crossmodal search`, `crossmodal serve --index ... --read-only`), or write it "
+                                  "where its storage is writable.")
         writer_lock = None
         if not read_only:
             writer_lock = FileLock(path / WRITER_LOCK_FILE, create=True)
