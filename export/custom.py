@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from crossmodal.errors import ArtifactError, IncompatibleTowersError
+from crossmodal.errors import ArtifactError, IncompatibleTowersError, ParityError
 from crossmodal.manifest import INTERPOLATIONS, RESIZE_MODES, TEXT_CLEANINGS, ImagePreprocess, TextSettings
 
 from .options import DEFAULT_TARGETS, ExportOptions
@@ -496,8 +496,29 @@ def export(
     del image_module, text_module  # the specs hold them; the pipeline drops each once traced
     source = {"image": _describe(image), "text": _describe(text), "tokenizer": str(tokenizer),
               "settings": cfg.where, "weights_sha256": digest}
-    return export_bundle(options, family=FAMILY, space=options.space or f"custom:{digest[:16]}", dim=specs[0].dim,
-                         logit_scale=cfg.logit_scale, source=source, specs=specs)
+    try:
+        return export_bundle(options, family=FAMILY, space=options.space or f"custom:{digest[:16]}",
+                             dim=specs[0].dim, logit_scale=cfg.logit_scale, source=source, specs=specs)
+    except ParityError as exc:
+        raise _fp32_gate_hint(exc) from exc
+
+
+def _fp32_gate_hint(exc: ParityError) -> ParityError:
+    """The fp32 gate's error, told as what it means for a user's own module (other gates: unchanged).
+
+    For the built-in families a failing fp32 gate is the exporter's bug; for a module the user
+    wrote, it almost always means the traced graph is not the module: the usual causes are named.
+    """
+    message = str(exc)
+    if "cpu-fp32 fails its parity threshold" not in message:
+        return exc
+    gate = message.split(" This is a bug in the exporter", 1)[0]
+    return ParityError(
+        f"{gate} The module runs in torch but its traced graph does not reproduce it: it is most likely not "
+        "traceable as written. Look for Python branching or loops on tensor values or shapes (the trace keeps "
+        "the path of one example batch; batch size and sequence length vary), .item()/float()/numpy() on "
+        "tensors, or random ops left active in eval mode; torch.onnx.export's TracerWarnings point at the line "
+        "(README, Custom dual encoders).")
 
 
 def export_custom(image: TowerSource, text: TowerSource, settings: str | Path | Mapping[str, Any],

@@ -200,6 +200,19 @@ def identity():
 def seven_dims():
     return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 7))
 
+class _BatchBranch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 24))
+
+    def forward(self, pixel_values):
+        out = self.net(pixel_values)
+        # Python branching on a shape: the trace keeps the branch of its example batch (1 image) only.
+        return out if pixel_values.shape[0] == 1 else out.flip(1)
+
+def batch_branch():
+    return _BatchBranch()
+
 NOT_CALLABLE = 5
 """
 
@@ -238,6 +251,21 @@ def test_modules_breaking_the_contract_are_refused_before_export(model_root: Pat
     with pytest.raises(IncompatibleTowersError, match="image module embeds into 7 dims but the text module into 24"):
         export_custom(f"{factories}:seven_dims", load_text_tower(model_root), *args)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_parity_gate_refuses_a_module_its_trace_does_not_reproduce(model_root: Path, factories: Path,
+                                                                       tmp_path: Path) -> None:
+    from crossmodal.errors import ParityError
+    from crossmodal.export.custom import export_custom
+
+    out = tmp_path / "out"
+    with pytest.raises(ParityError) as err:
+        export_custom(f"{factories}:batch_branch", load_text_tower(model_root), model_root / "preprocess.json",
+                      model_root / "tokenizer", out, "cpu-fp32,cpu-int8", optimize=False)
+    message = str(err.value)
+    assert "image tower cpu-fp32 fails its parity threshold" in message and "Nothing was written" in message
+    assert "not traceable as written" in message and "bug in the exporter" not in message  # the user's module
+    assert not out.exists() or not any(out.rglob("*"))  # no graph, manifest or bundle.json
 
 
 def _edit(settings: dict, path: str, value: object) -> dict:
