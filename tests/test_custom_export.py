@@ -128,6 +128,10 @@ def test_manifests_record_the_settings_file_and_the_factories(bundle: Path, mode
     assert text["text"]["max_length"] == MAX_LENGTH and text["text"]["pad_id"] == 0
     assert text["text"]["cleaning"] == "none" and text["text"]["needs_token_type_ids"] is False
     assert (bundle / "text" / "cpu-int8" / "tokenizer.json").is_file()
+    for tower in ("image", "text"):  # int8 went through the recipe search: several recipes measured, one kept
+        quant = json.loads((bundle / tower / "cpu-int8" / "manifest.json").read_text())["quantization"]
+        tried = [t["recipe"] for t in quant["trials"]]
+        assert len(tried) >= 2 and quant["recipe"] in tried, (tower, quant["recipe"], tried)
     # The DistilBERT inside the text module is recognised for onnxruntime's BERT fusions (kept only with parity).
     assert text["graph_rewrites"] in ([], ["ort-fusion:bert"])
     assert "ort-fusion:bert" in [t.get("rewrite") for t in text["extra"]["rewrite_trials"]]
