@@ -70,10 +70,25 @@ SLOW_MODULES = frozenset({
     "test_custom_export.py",       # builds and exports a seed-style dual encoder once per module: 30-50 s
     "test_distributed.py",         # starts a local Ray cluster (13-27 s) and runs Ray Data jobs: 1-2 min
 })
+# Single tests over ~1.5 s (measured quiet: the other helpers' processes paused) or a matrix of
+# process kills; `make test` runs them, the inner loop has cheaper tests of the same code.
 SLOW_TESTS = frozenset({
     "test_index.py::test_concurrent_readers_while_writer_adds",
+    "test_index.py::test_kill_minus_9_mid_write",                 # 8 writer processes killed: ~6 s
+    "test_index.py::test_kill_minus_9_at_an_arbitrary_moment",     # ~1.5 s
+    "test_index_keyword.py::test_kill_minus_9_leaves_fts_and_items_in_step",  # 5 writer processes killed: ~4 s
+    "test_index_filters.py::test_hnsw_widening_rounds_then_an_exact_scan",    # HNSW builds: ~3 s
+    "test_index_filters.py::test_hnsw_post_filter_widens_until_k_hits",       # ~1.6 s
+    "test_index_read_only.py::test_serve_read_only_on_a_read_only_mount",     # unshare + mount: 2-2.6 s each
+    "test_index_read_only.py::test_cli_search_on_a_read_only_mount",
+    "test_index_read_only.py::test_an_index_whose_writer_was_killed_is_refused_on_a_read_only_mount",
     "test_ingest.py::test_end_to_end_build_kill_resume_search",
+    "test_eval.py::test_eval_command_with_the_tiny_clip_bundle",   # a `crossmodal eval` process: 1.7 s (once 50 s under load)
+    "test_retriever.py::test_search_command_fuses_filters_and_merges_as_the_library",  # `crossmodal search` processes: 5.5 s
+    "test_sharded.py::test_cli_search_over_several_paths_equals_the_library",          # ~3 s
+    "test_native_imports.py::test_import_order_does_not_crash",    # a fresh interpreter per import order: ~2 s
     "test_readme.py::test_cli_lines_run",
+    "test_readme.py::test_python_block_runs",                      # a Python process per README block: ~6 s
     "test_runtime_no_torch.py::test_encoding_works_without_torch",
 })
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -35,39 +37,47 @@ def test_export_clip_from_the_command_line(tiny_clip_dir: Path, tmp_path: Path) 
         "manifest.json", "model.onnx", "reference.npz", "tokenizer.json"]
 
 
-def test_embed_prints_json_matching_the_api(tiny_clip_bundle: Path, tmp_path: Path) -> None:
-    proc = _cli("embed", str(tiny_clip_bundle), "--text", "two dogs in the snow", "a cat")
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["dim"] == 16 and [e["input"] for e in out["embeddings"]] == ["two dogs in the snow", "a cat"]
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``crossmodal ARGV`` in this process (the entry point itself: test_python_dash_m_crossmodal): rc, stdout, stderr."""
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_embed_prints_json_matching_the_api(tiny_clip_bundle: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(capsys, "embed", str(tiny_clip_bundle), "--text", "two dogs in the snow", "a cat")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["dim"] == 16 and [e["input"] for e in got["embeddings"]] == ["two dogs in the snow", "a cat"]
     expected = crossmodal.load(tiny_clip_bundle, modality="text").encode_text(["two dogs in the snow", "a cat"])
-    np.testing.assert_allclose(np.array([e["vector"] for e in out["embeddings"]]), expected, atol=1e-6)
+    np.testing.assert_allclose(np.array([e["vector"] for e in got["embeddings"]]), expected, atol=1e-6)
 
     from PIL import Image
 
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(img)
-    proc = _cli("embed", str(tiny_clip_bundle), "--image", str(img), "--variant", "cpu-int8")
-    assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["embeddings"][0]["vector"]) == 16
+    rc, out, err = _run(capsys, "embed", str(tiny_clip_bundle), "--image", str(img), "--variant", "cpu-int8")
+    assert rc == 0, err
+    assert len(json.loads(out)["embeddings"][0]["vector"]) == 16
 
 
-def test_errors_are_one_line_messages_with_exit_code_2(tiny_clip_bundle: Path, tmp_path: Path) -> None:
-    proc = _cli("embed", str(tmp_path / "nope"), "--text", "x")
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+def test_errors_are_one_line_messages_with_exit_code_2(tiny_clip_bundle: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run(capsys, "embed", str(tmp_path / "nope"), "--text", "x")
+    assert rc == 2 and err.startswith("crossmodal embed: error: ") and "does not exist" in err and err.count("\n") == 1
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff")
-    proc = _cli("embed", str(tiny_clip_bundle), "--image", str(bad))
-    assert proc.returncode == 2 and "bad.jpg" in proc.stderr and "Traceback" not in proc.stderr
+    rc, _, err = _run(capsys, "embed", str(tiny_clip_bundle), "--image", str(bad))
+    assert rc == 2 and "bad.jpg" in err and "Traceback" not in err
 
 
-def test_verify_command(tiny_clip_bundle: Path) -> None:
-    proc = _cli("verify", str(tiny_clip_bundle))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 ok, 0 failed" in proc.stdout
+def test_verify_command(tiny_clip_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(capsys, "verify", str(tiny_clip_bundle))
+    assert rc == 0, out + err
+    assert "4 ok, 0 failed" in out
 
 
-@pytest.mark.export
 def test_export_without_network_stops_at_once_with_instructions(tmp_path: Path) -> None:
     proc = _cli("export", "clip", "--model", "openai/clip-vit-base-patch32", "--out", str(tmp_path / "x"), timeout=120)
     assert proc.returncode == 2
@@ -86,7 +96,8 @@ def _parsers(parser: argparse.ArgumentParser, prog: str = "crossmodal"):
                 yield from _parsers(sub, f"{prog} {name}")
 
 
-COMMANDS = ["embed", "verify", "index", "index build", "index add", "search", "eval", "export", "bench", "trt", "serve"]
+# Every command and sub-command of the parser, and the handed-over commands (their sub-commands: test_export_pipeline).
+COMMANDS = sorted({prog.split(" ", 1)[1] for prog, _ in _parsers(build_parser()) if " " in prog} | set(HANDOVERS))
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -106,6 +117,25 @@ def test_every_option_has_help_text() -> None:
                # the handed-over commands bring their own parsers (asserted by the --help test above)
                and prog.split()[-1] not in HANDOVERS]
     assert missing == []
+
+
+def test_every_k_option_is_spelled_k_and_top_k() -> None:
+    # -k/--top-k on every command that takes a number of results, the handed-over ones included.
+    import crossmodal.export.cli as export_cli
+    from crossmodal.bench.cli import build_parser as bench_parser
+    from crossmodal.serve.cli import build_parser as serve_parser
+
+    roots = {"crossmodal": build_parser(), "crossmodal export": export_cli.build_parser(),
+             "crossmodal bench": bench_parser(), "crossmodal serve": serve_parser()}
+    k_like = {"-k", "--k", "--top-k", "--topk", "--top_k", "--top"}
+    found = {}
+    for root, parser in roots.items():
+        for prog, p in _parsers(parser, root):
+            for a in p._actions:
+                if k_like & set(a.option_strings) or a.dest in ("k", "top_k"):
+                    found.setdefault(prog, set()).update(a.option_strings)
+                    assert a.dest == "top_k", (prog, a.option_strings)
+    assert found and all({"-k", "--top-k"} <= spellings for spellings in found.values()), found
 
 
 def test_variant_choices_are_the_variant_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,13 +193,18 @@ def test_handover_names_the_extra_when_a_command_imports_it_late(tmp_path: Path,
 # ---------------------------------------------------------------- search: -k/--top-k, the Retriever
 
 
-@pytest.fixture()
-def example_index(tiny_clip_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """The example images and their captions indexed with the tiny CLIP bundle through `crossmodal index build`."""
-    out = tmp_path / "examples.idx"
-    assert main(["index", "build", str(tiny_clip_bundle), "--images", str(EXAMPLES), "--captions",
-                 str(EXAMPLES / "captions.jsonl"), "--out", str(out), "--no-progress", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["added"] == 12
+@pytest.fixture(scope="module")
+def example_index(tiny_clip_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example images and their captions indexed with the tiny CLIP bundle through `crossmodal index build`.
+
+    Built once for the module: the tests only search it (read-only opens).
+    """
+    out = tmp_path_factory.mktemp("cli-index") / "examples.idx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["index", "build", str(tiny_clip_bundle), "--images", str(EXAMPLES), "--captions",
+                     str(EXAMPLES / "captions.jsonl"), "--out", str(out), "--no-progress", "--json"]) == 0
+    assert json.loads(printed.getvalue())["added"] == 12
     return out
 
 
