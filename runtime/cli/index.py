@@ -175,8 +175,9 @@ def run_import(args: argparse.Namespace) -> int:
         try:
             report = import_shards(idx, files, batch_size=args.batch_size, progress=not args.no_progress)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: every imported batch is saved in {idx.path}; rerun the same command to resume",
-                  file=sys.stderr)
+            idx.save()  # commits the rows imported so far (a second interrupt leaves the last save's state)
+            print(f"\ninterrupted: the rows imported so far are saved in {idx.path}; rerun the same command to "
+                  "add the rest", file=sys.stderr)
             return 130
     finally:
         idx.close()

@@ -4,11 +4,17 @@ Every shard is checked before anything is added: its metadata must name the inde
 space and dim (else :class:`~crossmodal.errors.IncompatibleTowersError`) and its paths
 must lie inside the index root (else :class:`~crossmodal.errors.InputError`). Then the
 rows go in through :meth:`Index.add <crossmodal.index.Index.add>` in large batches (usearch
-adds a batch on all cores; each call is one journaled SQLite transaction, durable when it
-returns), with the same rules as ``crossmodal index add``: a key already present is
-skipped, a file whose content changed replaces the old vector stored at its path, and
-the graph files are compacted as the journal grows and at the end. Error rows are not
-added; the report lists them.
+adds a batch on all cores) with the same rules as ``crossmodal index add``: a key already
+present is skipped, a file whose content changed replaces the old vector stored at its
+path. Error rows are not added; the report lists them.
+
+Bulk, so without the add journal (``journal=False``): a vector is written once, into the
+graph file, instead of into SQLite first and the graph file at the next compaction. The
+rows become durable at each compaction (every ``compact_every`` rows, or a quarter of the
+index, and at the end), whose commit point stores them with the graph files; a killed
+import keeps every compaction it finished and a rerun adds the rest (present keys are
+skipped). Shards of images are imported before shards of captions, whose items an image
+replaced at the same path would otherwise remove.
 """
 
 from __future__ import annotations
@@ -82,16 +88,20 @@ def import_shards(index: Index, paths: Sequence[str | os.PathLike[str]], *, batc
                   compact_every: int = 65536, progress: bool = True, stream: IO[str] | None = None) -> ImportReport:
     """Add the rows of shard files (or directories of them) to ``index``; see the module docstring.
 
-    ``batch_size`` rows go into each :meth:`Index.add` call; the graph files are
-    compacted when the journal exceeds ``max(compact_every, len(index) // 4)`` vectors.
+    ``batch_size`` rows go into each :meth:`Index.add` call; the index is saved (the rows
+    committed) every ``max(compact_every, len(index) // 4)`` rows added and at the end.
     """
     batch_size = positive_int("batch_size", batch_size)
     compact_every = positive_int("compact_every", compact_every)
     t0 = time.monotonic()
     files = shard_files(paths)
+    modality = {}
     for f in files:  # refuse before changing anything
-        check_shard(index, read_shard_meta(f), f)
+        meta = read_shard_meta(f)
+        check_shard(index, meta, f)
         _check_paths(index, f)
+        modality[f] = meta.modality
+    files.sort(key=lambda f: modality[f] != "image")  # stable: images first, else in the order given
     pa = import_pyarrow()
     pc = pa.compute
     report = ImportReport(index=str(index.path), shards=len(files))
@@ -131,7 +141,7 @@ def _add(index: Index, meta: ShardMeta, chunk: Any, shard: Path, report: ImportR
                              "by crossmodal or is damaged: re-create it.")
     metas = [{"path": p, "caption": c, "sha256": s} for p, c, s in zip(paths, captions, shas)]
     tower = meta.modality
-    new = set(int(k) for k in index.add(_vectors(chunk, meta.dim), metas, keys=keys, tower=tower))
+    new = set(int(k) for k in index.add(_vectors(chunk, meta.dim), metas, keys=keys, tower=tower, journal=False))
     report.added += len(new)
     report.already_indexed += len(keys) - len(new)
     if tower == "image":

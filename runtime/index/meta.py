@@ -210,9 +210,12 @@ class MetaStore:
             conn.executemany("DELETE FROM items WHERE tower = ? AND key = ?", [(tower, k) for k in keys])
             conn.executemany("DELETE FROM journal WHERE tower = ? AND key = ?", [(tower, k) for k in keys])
 
-    def commit_files(self, files: Mapping[str, Any], generation: int) -> None:
-        """The commit point of a save: record the new graph files and empty the journal."""
+    def commit_files(self, files: Mapping[str, Any], generation: int,
+                     items: Sequence[tuple[Any, ...]] = ()) -> None:
+        """The commit point of a save: record the new graph files, add the ``items`` whose vectors
+        only those files hold (added without the journal), and empty the journal."""
         with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", items)
             conn.execute("DELETE FROM journal")
             conn.executemany("INSERT OR REPLACE INTO state(name, value) VALUES (?, ?)",
                              [("files", json.dumps(files)), ("generation", json.dumps(generation))])

@@ -353,16 +353,14 @@ def split_index(src: "str | os.PathLike[str] | Index", n: int, out_dir: str | os
     source = Index.open(src, read_only=True) if own else src  # type: ignore[arg-type]
     out = Path(out_dir)
     try:
-        # The HNSW settings live in the source's state only (no public accessor): same package.
-        state = source._state
         paths = [out / f"shard-{i:03d}" for i in range(n)]
         shards = []
         try:
             for i, p in enumerate(paths):
                 shards.append(Index.create(
                     p, bundle=source.bundle, dim=source.dim, space=source.space, metric=source.metric,
-                    dtype=source.dtype, connectivity=connectivity or int(state["connectivity"]),
-                    expansion_add=expansion_add or int(state["expansion_add"]),
+                    dtype=source.dtype, connectivity=connectivity or source.connectivity,
+                    expansion_add=expansion_add or source.expansion_add,
                     expansion_search=source.expansion_search, root=source.root,
                     info={**source.info, "shard": f"{i}/{n}"}))
             # A caption item goes to the shard of the image stored under its path (captions_of and
@@ -376,9 +374,9 @@ def split_index(src: "str | os.PathLike[str] | Index", n: int, out_dir: str | os
                         _copy(source, shards, tower, batch, image_shard)
                         batch = []
                 _copy(source, shards, tower, batch, image_shard)
-            _keep_added_times(source, shards)
             for s in shards:
-                s.save()
+                s.save()  # commits the copied items (added without the journal) with the graph files
+            _keep_added_times(source, shards)
         finally:
             _close_all(shards)
     finally:
@@ -405,8 +403,7 @@ def _copy(source: Index, shards: list[Index], tower: str, batch: list[ItemRecord
         return
     n = len(shards)
     keys = np.asarray([r.key for r in batch], dtype=np.uint64)
-    # The stored vectors, read from the tower's graph (the index has no public vector reader).
-    vecs = np.asarray(source._towers[tower].graph.get(keys, dtype=np.float32), dtype=np.float32)
+    vecs, _ = source.get_vectors(keys, tower=tower)  # every key is held: items() lists only those
     if tower == "image":
         dest = keys % np.uint64(n)
         image_shard.update((r.path, int(d)) for r, d in zip(batch, dest) if r.path is not None)
@@ -418,7 +415,8 @@ def _copy(source: Index, shards: list[Index], tower: str, batch: list[ItemRecord
         if len(rows):
             metas = [{"path": batch[j].path, "caption": batch[j].caption, "sha256": batch[j].sha256,
                       **batch[j].extra} for j in rows]
-            shard.add(vecs[rows], metas, keys=keys[rows], tower=tower)
+            # Without the journal: each vector is written once, by the shard's save.
+            shard.add(vecs[rows], metas, keys=keys[rows], tower=tower, journal=False)
 
 
 __all__ = ["ShardedIndex", "open_many", "split_index", "shard_of", "SPLIT_BATCH"]

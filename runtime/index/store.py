@@ -17,6 +17,9 @@ in :mod:`crossmodal.index.crash_points` are where the tests kill it):
   match the committed sha256 is replaced by a ``.tmp`` that does (a crash after the
   commit point: roll forward) and a ``.tmp`` that does not is deleted (a crash before
   it: the journal still holds its vectors); see :mod:`crossmodal.index.recovery`.
+* Bulk loads skip the journal (``add(..., journal=False)``): their item rows are inserted
+  by the save's commit-point transaction itself, so items and the graph file holding
+  their vectors become durable together, and each vector is written once.
 * ``header.json`` is rewritten atomically (tmp, fsync, rename, fsync dir) after each save.
 
 Consistency policy on open (items = SQLite rows, vectors = graph file + journal):
@@ -107,6 +110,8 @@ class Index:
         # Each tower's graph and scan table (crossmodal.index.search), set by _load.
         self._towers: dict[str, TowerSearch] = {}
         self._dirty: set[str] = set()
+        # Items added with journal=False: their rows go into SQLite with the next save's commit.
+        self._pending: dict[tuple[str, int], tuple[Any, ...]] = {}
         self._closed = False
         self.repairs: list[str] = []
         self._ef: int | None = None
@@ -235,6 +240,16 @@ class Index:
         return str(self._state["dtype"])
 
     @property
+    def connectivity(self) -> int:
+        """HNSW connectivity the graphs were built with (fixed at :meth:`create`)."""
+        return int(self._state["connectivity"])
+
+    @property
+    def expansion_add(self) -> int:
+        """HNSW build breadth the graphs were built with (fixed at :meth:`create`)."""
+        return int(self._state["expansion_add"])
+
+    @property
     def expansion_search(self) -> int:
         """HNSW search breadth (recall vs latency); set it to change it for this instance only."""
         return int(self._ef if self._ef is not None else self._state["expansion_search"])
@@ -338,13 +353,21 @@ class Index:
             raise IndexStoreError(f"index {self._path} was opened read_only; reopen with read_only=False to modify it.")
 
     def add(self, vectors: ArrayLike, metadata: Sequence[Mapping[str, Any]] | None = None, *,
-            keys: Sequence[int] | NDArray[np.integer] | None = None, tower: str = "image") -> NDArray[np.uint64]:
+            keys: Sequence[int] | NDArray[np.integer] | None = None, tower: str = "image",
+            journal: bool = True) -> NDArray[np.uint64]:
         """Add vectors with their metadata; durable when this returns (journaled in SQLite).
 
         ``metadata[i]`` may hold ``path``, ``caption``, ``sha256`` and any JSON-able extras.
         Keys: ``keys`` if given, else derived from ``metadata[i]['sha256']``, else from the
         vector's bytes. A key already present (same content) is left unchanged and not
         returned: the result holds the keys actually added.
+
+        ``journal=False`` (bulk loads: ``index import``, :func:`~crossmodal.index.sharded.split_index`):
+        the vectors are not written to the SQLite journal, only to the graph in memory, and the
+        items are durable once the next :meth:`save` commits them together with the graph
+        files. That writes every vector once instead of twice (journal, then graph file); a
+        crash before the save loses those items whole (a rerun adds them again), never half
+        of one. Until then they are held (``contains``) but not searchable.
         """
         self._require_writable()
         check_setting("tower", tower, TOWERS)
@@ -378,7 +401,10 @@ class Index:
             new_idx.append(i)
         if not new_keys:
             return np.zeros(0, dtype=np.uint64)
-        self._meta.add_items(rows, jrows)
+        if journal:
+            self._meta.add_items(rows, jrows)
+        else:
+            self._pending.update(((tower, key), row) for key, row in zip(new_keys, rows))
         karr = np.asarray(new_keys, dtype=np.uint64)
         searcher.add(karr, mat[new_idx])
         self._dirty.add(tower)
@@ -392,6 +418,8 @@ class Index:
         present = [int(k) for k in np.atleast_1d(np.asarray(keys, dtype=np.int64)) if searcher.contains(int(k))]
         if not present:
             return 0
+        for k in present:
+            self._pending.pop((tower, k), None)
         self._meta.delete_items(tower, present)
         searcher.remove(present)
         self._dirty.add(tower)
@@ -402,7 +430,8 @@ class Index:
         return self._meta.journal_size()
 
     def save(self) -> None:
-        """Compact the journal into the graph files atomically (see the module docstring)."""
+        """Compact the journal into the graph files atomically, committing the items added with
+        ``journal=False`` in the same transaction (see the module docstring)."""
         self._require_writable()
         towers = sorted(self._dirty)
         if not towers and self.journal_size() == 0:
@@ -421,7 +450,8 @@ class Index:
                 written[tower] = tmp
             crash_points.reached("save:tmp-written")
             generation = self.generation + 1
-            self._meta.commit_files(files, generation)
+            self._meta.commit_files(files, generation, list(self._pending.values()))
+            self._pending.clear()
             self._state["files"] = files
             self._state["generation"] = generation
             crash_points.reached("save:committed")
