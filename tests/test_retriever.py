@@ -295,6 +295,21 @@ def test_caption_fusion_equals_the_rule_over_every_image(many_captioned: Any, mo
 
 
 @pytest.mark.parametrize("mode", ["weighted", "rrf"])
+def test_search_and_eval_fuse_by_the_same_rule(many_captioned: Any, mode: str) -> None:
+    # crossmodal eval's fused ranks over all images (one query, each image in turn as its ground truth)
+    from crossmodal.evaluate import CaptionFusion, ranks_text_to_image_fused
+
+    r, q, images, captions, _ = many_captioned
+    owner = np.array([i for i, caps in captions.items() for _ in caps])
+    cap = np.concatenate(list(captions.values()))
+    ranks = ranks_text_to_image_fused(np.repeat(q[None], 300, 0), images, cap, owner, np.arange(300),
+                                      CaptionFusion(mode=mode), leave_one_out=False)
+    hits = r.search_text("q", k=20, vectors=q[None], fuse="captions", fuse_mode=mode)
+    assert [h.key for h in hits] == np.argsort(ranks, kind="stable")[:20].tolist()
+    assert ranks[[h.key for h in hits]].tolist() == list(range(20))  # no ties among them
+
+
+@pytest.mark.parametrize("mode", ["weighted", "rrf"])
 def test_caption_fusion_with_filters_equals_the_rule_over_the_matching_images(many_captioned: Any,
                                                                             mode: str) -> None:
     r, q, images, captions, t = many_captioned
