@@ -730,6 +730,11 @@ def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Pat
             got = await c.post("/v1/search", json={"text": "checkerboard", "k": 3, "hybrid": True})
             same(got.json(), want["hybrid"])
             assert Path(got.json()["hits"][0]["path"]).name == "checkerboard.png"
+            # FTS5 syntax in the text is plain text: no 400, no 500, the keyword still found
+            got = await c.post("/v1/search", json={"text": 'checkerboard* NEAR( "x AND path:y ^OR', "k": 3,
+                                                   "hybrid": True})
+            assert got.status_code == 200, got.text
+            assert Path(got.json()["hits"][0]["path"]).name == "checkerboard.png"
             # form fields: the filter as a JSON string, booleans and numbers as text
             got = await c.post("/v1/search", files={"text": (None, "a red circle"), "k": (None, "3"),
                                                     "fuse": (None, "captions"), "fuse_weight": (None, "0.8")})
@@ -750,6 +755,9 @@ def test_search_fuse_hybrid_and_filter_equal_the_retriever(tiny_clip_bundle: Pat
                 ({"text": "x", "fuse": "captions", "fuse_weight": 2}, "invalid_input", "fuse_weight must be"),
                 ({"text": "x", "fuse": "captions", "target": "text"}, "invalid_input", "tower='image'"),
                 ({"text": "x", "hybrid": "maybe"}, "invalid_input", "hybrid"),
+                ({"text": "* -- ()", "hybrid": True}, "invalid_input", "holds no word to search for"),
+                ({"text": "x", "filter": {"path_prefix": ""}}, "invalid_filter", "non-empty string"),
+                ({"text": "x", "filter": {"has_caption": "maybe"}}, "invalid_filter", "use true or false"),
             ):
                 got = await c.post("/v1/search", json=bad)
                 assert got.status_code == 400 and got.json()["error"]["code"] == code, (bad, got.text)
