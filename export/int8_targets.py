@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmodal.cpu_isa import CAPABILITIES, CpuIsa, detect
+from crossmodal.errors import InputError
 
 from .options import INT8_TARGETS
 # Base recipes (before any "-fused" suffix) whose integer products cannot
@@ -87,7 +88,7 @@ def machine_target(cpu: CpuIsa | None = None) -> str:
 def candidates(target: str, tower: str) -> tuple[str, ...]:
     """The recipes ``auto`` measures for ``tower`` when the graph must stay right on ``target``."""
     if target not in AUTO_CANDIDATES:
-        raise ValueError(f"unknown int8 target {target!r}; choose from {', '.join(INT8_TARGETS)}")
+        raise InputError(f"unknown int8 target {target!r}; choose from {', '.join(INT8_TARGETS)}")
     by_tower = AUTO_CANDIDATES[target]
     return by_tower.get(tower, by_tower["rerank"])
 
@@ -140,7 +141,7 @@ def check_recipe(recipe: str, target: str) -> None:
     """Refuse a named recipe that would not stay right on ``target``, naming those that would."""
     if not safe_on(recipe, target):
         safe = sorted({base_recipe(c) for tower in AUTO_CANDIDATES[target].values() for c in tower})
-        raise ValueError(f"int8 recipe {recipe!r} can saturate on {target} CPUs (16-bit sums without VNNI); "
+        raise InputError(f"int8 recipe {recipe!r} can saturate on {target} CPUs (16-bit sums without VNNI); "
                          f"choose one of {', '.join(safe)} or --int8-target avx512-vnni")
 
 

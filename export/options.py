@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from crossmodal.cpu_isa import INT8_TARGETS
+from crossmodal.errors import InputError
 from crossmodal.variants import EXPORTABLE, TABLE
 
 DEFAULT_TARGETS: tuple[str, ...] = ("cpu-fp32", "cpu-int8")
@@ -43,8 +44,8 @@ def parse_targets(targets: str | Sequence[str]) -> list[str]:
     if bad or not items:
         built_elsewhere = [t for t in bad if t in TABLE]
         hint = (f" ({', '.join(built_elsewhere)}: engines are built on the GPU machine with "
-                "`crossmodal export tensorrt build`, alias `crossmodal trt build`)") if built_elsewhere else ""
-        raise ValueError(f"unknown export target(s) {bad or items}; choose from {', '.join(EXPORTABLE)}{hint}")
+                "`crossmodal export tensorrt build`)") if built_elsewhere else ""
+        raise InputError(f"unknown export target(s) {bad or items}; choose from {', '.join(EXPORTABLE)}{hint}")
     return items
 
 
@@ -78,7 +79,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         parse_targets(self.targets)  # unknown or empty targets stop here, before any work
         if self.int8_target is not None and self.int8_target not in INT8_TARGETS:
-            raise ValueError(f"unknown int8 target {self.int8_target!r}; choose from {', '.join(INT8_TARGETS)}")
+            raise InputError(f"unknown int8 target {self.int8_target!r}; choose from {', '.join(INT8_TARGETS)}")
 
     @classmethod
     def create(cls, out: str | Path, targets: str | Sequence[str] = DEFAULT_TARGETS, **settings: Any) -> ExportOptions:

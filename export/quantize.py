@@ -57,7 +57,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from numpy.typing import NDArray
 
-from crossmodal.errors import ParityError
+from crossmodal.errors import InputError, ParityError
 
 from . import int8_targets, onnx_files
 from .int8_targets import base_recipe
@@ -438,7 +438,7 @@ def quantize_int8(
         names = tuple(c for c in names if not c.endswith("-fused"))
     unknown = [c for c in names if base_recipe(c) not in _BUILDERS]
     if unknown:
-        raise ValueError(f"unknown int8 recipe {unknown[0]!r}; choose from auto, {', '.join(RECIPES)}")
+        raise InputError(f"unknown int8 recipe {unknown[0]!r}; choose from auto, {', '.join(RECIPES)}")
     trials: list[dict[str, Any]] = []
     built: list[tuple[dict[str, Any], QuantResult]] = []
     shaped: dict[Path, Path] = {}  # source graph -> its shape-inferred copy, made once

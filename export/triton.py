@@ -17,17 +17,18 @@ Preprocessing and tokenisation stay with the client
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from crossmodal.errors import ArtifactError
+from crossmodal.errors import ArtifactError, InputError
+from crossmodal.gpu import BUILD_COMMAND, rebuild_command
+from crossmodal.inputs import non_negative_int, positive_int
 from crossmodal.manifest import MANIFEST_FILE, TensorSpec, TowerManifest, available_variants, read_bundle, read_manifest
 from crossmodal.triton_client import model_name
-from crossmodal.variants import TRITON
+from crossmodal.variants import TENSORRT, TRITON, get_variant
 
 TRITON_VARIANTS = TRITON  # the variant table's rows Triton can serve
 TRITON_DTYPES = {
@@ -54,18 +55,19 @@ class TritonSettings:
     instances: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        positive_int("max_batch_size", self.max_batch_size)
+        for b in self.preferred_batch_sizes:
+            positive_int("a preferred batch size", b)
+        bad = [b for b in self.preferred_batch_sizes if b > self.max_batch_size]
         if bad:
-            raise ValueError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")
-        if self.max_queue_delay_us < 0 or self.instances < 1:
-            raise ValueError("max_queue_delay_us must be >= 0 and instances >= 1")
+            raise InputError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})")
+        non_negative_int("max_queue_delay_us", self.max_queue_delay_us)
+        positive_int("instances", self.instances)
 
 
 def default_settings(variant: str) -> TritonSettings:
     """GPU: one instance, big batches. CPU: two instances, small batches (latency grows linearly with batch)."""
-    if variant.startswith("cpu"):
+    if not get_variant(variant).is_gpu:
         return TritonSettings(max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000, instances=2)
     return TritonSettings()
 
@@ -137,7 +139,7 @@ def _trt_engines(tower_dir: Path) -> dict[str, tuple[Path, dict]]:
             continue  # int8 engines are served by hand: their accuracy is not covered by the manifest
         found[info.compute_capability] = (engine, info.to_dict())
     if not found:
-        raise ArtifactError(f"{tower_dir} holds no fp16 TensorRT engine; build one with `crossmodal trt build`")
+        raise ArtifactError(f"{tower_dir} holds no fp16 TensorRT engine; build one with `{BUILD_COMMAND}`")
     return found
 
 
@@ -155,7 +157,8 @@ def write_model(
         shutil.rmtree(model_dir)
     version.mkdir(parents=True)
     cc_files: dict[str, str] | None = None
-    if variant == "gpu-trt-fp16":
+    row = get_variant(variant)
+    if row.engine == TENSORRT:
         platform, kind = "tensorrt_plan", "KIND_GPU"
         engines = _trt_engines(tower_dir)
         cc_files = {}
@@ -171,7 +174,7 @@ def write_model(
                 )
     else:
         platform = "onnxruntime_onnx"
-        kind = "KIND_GPU" if variant.startswith("gpu") else "KIND_CPU"
+        kind = "KIND_GPU" if row.is_gpu else "KIND_CPU"
         shutil.copyfile(tower_dir / manifest.model_file, version / _PLATFORM_FILE[platform])
         if manifest.data_file is not None:
             # The graph names its weights file by its own name: it goes beside the graph unchanged.
@@ -188,11 +191,12 @@ def write_model(
 
 def readme_snippet(repo: Path, bundle_dir: Path, models: Sequence[str], variant: str) -> str:
     """README.md written at the repository root: how to serve it and query it."""
-    gpu = "--gpus all " if variant.startswith("gpu") else ""
+    row = get_variant(variant)
+    gpu = "--gpus all " if row.is_gpu else ""
     trt_note = (
         "\nThe TensorRT engines run only under the TensorRT version they were built with: use the Triton\n"
         "container release whose TensorRT matches the `trt` tag in the engine file names.\n"
-        if variant == "gpu-trt-fp16" else ""
+        if row.engine == TENSORRT else ""
     )
     return (
         f"# Triton model repository for `{bundle_dir.name}` ({variant})\n\n"
@@ -232,7 +236,7 @@ def export_triton(
         raise ArtifactError(f"bundle {bundle} has no image or text tower to serve")
     for tower, folder in towers:
         if variant not in available_variants(bundle, folder):
-            hint = ("`crossmodal trt build " + str(bundle) + f" --tower {tower} --fp16`" if variant == "gpu-trt-fp16"
+            hint = (f"`{rebuild_command(bundle, tower)}`" if get_variant(variant).engine == TENSORRT
                     else f"`crossmodal export {info.family} ... --targets {variant}`")
             raise ArtifactError(f"bundle {bundle} has no {variant} variant of its {tower} tower; create it with {hint}")
     out = Path(out)
@@ -243,31 +247,6 @@ def export_triton(
         json.dumps({"bundle": info.name, "space": info.space, "variant": variant,
                     "models": {t: model_name(info.name, t) for t, _ in towers}}, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Write a Triton model repository (one model per tower) from a bundle."""
-    p.add_argument("bundle", type=Path, help="bundle directory written by `crossmodal export`")
-    p.add_argument("--out", required=True, type=Path, help="model repository directory to (re)write")
-    p.add_argument("--variant", default="gpu-fp16", choices=TRITON_VARIANTS,
-                   help="bundle variant the models serve (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, help="max_batch_size (default 64 on GPU, 16 on CPU)")
-    p.add_argument("--preferred", help="comma list of preferred batch sizes (default 8,16,32 on GPU, 4,8 on CPU)")
-    p.add_argument("--queue-delay-us", type=int, help="max_queue_delay_microseconds (default 2000 GPU, 1000 CPU)")
-    p.add_argument("--instances", type=int, help="instances per model (default 1 GPU, 2 CPU)")
-
-
-def run(args: argparse.Namespace) -> Path:
-    base = default_settings(args.variant)
-    max_batch = args.max_batch or base.max_batch_size
-    preferred = (tuple(int(x) for x in args.preferred.split(",") if x.strip()) if args.preferred
-                 else tuple(b for b in base.preferred_batch_sizes if b <= max_batch))
-    settings = TritonSettings(
-        max_batch_size=max_batch, preferred_batch_sizes=preferred or (max_batch,),
-        max_queue_delay_us=base.max_queue_delay_us if args.queue_delay_us is None else args.queue_delay_us,
-        instances=args.instances or base.instances,
-    )
-    return export_triton(args.bundle, args.out, args.variant, settings)
 
 
 __all__ = ["TritonSettings", "default_settings", "export_triton", "model_config", "model_name", "write_model"]

@@ -28,7 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from crossmodal.errors import ArtifactError, InputError
-from crossmodal.gpu import DeviceInfo, EngineInfo, TensorRTSession, current_device, engine_file_name, engine_info_path, engine_manifest_json
+from crossmodal.gpu import (DeviceInfo, EngineInfo, TensorRTSession, current_device, engine_file_name, engine_info_path,
+                            engine_manifest_json, rebuild_command)
 from crossmodal.manifest import (DATA_FIELDS, MANIFEST_FILE, REFERENCE_FILE, TOKENIZER_FILE, TowerManifest, read_bundle,
                                  read_manifest)
 from crossmodal.variants import TENSORRT, engine_variant
@@ -96,17 +97,7 @@ def input_profile(manifest: TowerManifest, shapes: Mapping[str, Sequence[int] | 
 
 def build_command(bundle: Path, tower: str, profile: Profile, *, fp16: bool, int8: bool, calib: Path | None) -> str:
     """The command line that (re)builds this engine; recorded in the engine manifest."""
-    first = next(iter(profile["min"]))
-    lo, hi = profile["min"][first], profile["max"][first]
-    dyn = [i for i, (a, b) in enumerate(zip(lo, hi)) if a != b] or [0]
-    parts = [f"crossmodal trt build {bundle} --tower {tower}"]
-    if fp16 or not int8:
-        parts.append("--fp16")
-    if int8:
-        parts.append(f"--int8 --calib {calib}")
-    for key in ("min", "opt", "max"):
-        parts.append(f"--{key} " + "x".join(str(profile[key][first][i]) for i in dyn))
-    return " ".join(parts)
+    return rebuild_command(bundle, tower, profile, "int8" if int8 else "fp16", fp16=fp16 or not int8, calib=calib)
 
 
 # ----------------------------------------------------------------------------- calibration (int8)

@@ -8,7 +8,7 @@ are allocated on the device and copied to the host once, after the run.
 ``gpu-trt-fp16`` runs a serialized TensorRT engine with TensorRT's own
 runtime (:class:`TensorRTSession`), not onnxruntime's TensorRT provider:
 
-* the engine is built ahead of time by ``crossmodal trt build`` on the target
+* the engine is built ahead of time by ``crossmodal export tensorrt build`` on the target
   machine; the TensorRT provider would build (or look up in a cache keyed by
   its own hashing rules) at session creation, the "convert at load time"
   pattern we avoid, and it silently hands unsupported subgraphs to CUDA;
@@ -45,6 +45,8 @@ ENGINE_SUFFIX = ".engine"
 _ENGINE_RE = re.compile(r"^model\.sm(?P<sm>\d+)\.trt(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<precision>int8))?\.engine$")
 TRT_VARIANT = engine_variant(TENSORRT)
 TRT_INSTALL_HINT = TRT_VARIANT.install
+# The command that builds engines (`crossmodal trt build` is its alias, kept for now).
+BUILD_COMMAND = "crossmodal export tensorrt build"
 
 
 # ----------------------------------------------------------------------------- device and engine identity
@@ -71,7 +73,7 @@ class DeviceInfo:
 def engine_file_name(device: DeviceInfo, precision: str = "fp16") -> str:
     """``model.sm86.trt10.3.engine`` (``.int8`` before the suffix for int8 engines)."""
     if precision not in ("fp16", "int8"):
-        raise ValueError(f"precision must be fp16 or int8, got {precision!r}")
+        raise InputError(f"precision must be fp16 or int8, got {precision!r}")
     tag = ".int8" if precision == "int8" else ""
     return f"model.sm{device.sm}.trt{device.trt_major_minor}{tag}{ENGINE_SUFFIX}"
 
@@ -116,7 +118,7 @@ class EngineInfo:
                 timing_cache=d.get("timing_cache"), parity=dict(d.get("parity") or {}), built_at=str(d.get("built_at", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ArtifactError(f"{where}: malformed engine manifest ({exc!r}); rebuild the engine with `crossmodal trt build`") from exc
+            raise ArtifactError(f"{where}: malformed engine manifest ({exc!r}); rebuild the engine with `{BUILD_COMMAND}`") from exc
 
 
 def engine_info_path(engine: Path) -> Path:
@@ -157,11 +159,18 @@ def _trt_release(version: str) -> tuple[str, ...]:
 
 
 def rebuild_command(bundle: Path, tower: str, profile: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
-                    precision: str = "fp16") -> str:
-    """The ``crossmodal trt build`` command that makes an engine for this tower on this machine."""
-    cmd = f"crossmodal trt build {bundle} --tower {tower} --fp16"
+                    precision: str = "fp16", *, fp16: bool = True, calib: Path | str | None = None) -> str:
+    """The :data:`BUILD_COMMAND` line that makes an engine for this tower (recorded in engine manifests, shown in errors).
+
+    ``profile`` adds ``--min/--opt/--max`` over its dynamic axes; ``fp16`` asks for
+    fp16 kernels (always with fp16 precision); ``calib`` is the int8 calibration
+    data (a placeholder when unknown).
+    """
+    cmd = f"{BUILD_COMMAND} {bundle} --tower {tower}"
+    if fp16 or precision != "int8":
+        cmd += " --fp16"
     if precision == "int8":
-        cmd += " --int8 --calib IMAGE_FOLDER"
+        cmd += f" --int8 --calib {calib or 'IMAGE_FOLDER'}"
     if profile:
         first = next(iter(profile.get("min", {})), None)
         if first is not None:
@@ -299,7 +308,7 @@ class TensorRTSession:
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise ArtifactError(f"TensorRT could not deserialise {self.path}; rebuild it with `crossmodal trt build`")
+            raise ArtifactError(f"TensorRT could not deserialise {self.path}; rebuild it with `{BUILD_COMMAND}`")
         self._context = self._engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._lock = threading.Lock()
@@ -429,7 +438,7 @@ def engine_manifest_json(info: EngineInfo) -> str:
 
 
 __all__ = [
-    "DeviceInfo", "EngineInfo", "TensorRTSession", "CudaIOBindingSession", "check_engine", "current_device",
+    "BUILD_COMMAND", "DeviceInfo", "EngineInfo", "TensorRTSession", "CudaIOBindingSession", "check_engine", "current_device",
     "engine_file_name", "parse_engine_file_name", "read_engine_info", "rebuild_command", "select_engine",
     "open_trt_session", "with_io_binding", "engine_manifest_json",
 ]

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ArtifactError, ImageInputError
+from .errors import ArtifactError, ImageInputError, InputError
 from .inputs import image_batch
 from .manifest import ImagePreprocess
 
@@ -147,7 +147,7 @@ def _load(
     draft_for: ImagePreprocess | None,
 ) -> Image.Image:
     if reference not in _REFERENCES:
-        raise ValueError(f"reference must be one of {_REFERENCES}, got {reference!r}")
+        raise InputError(f"reference must be one of {_REFERENCES}, got {reference!r}")
     if isinstance(source, Image.Image):
         _check_pixels(source.size, label, max_pixels)
         # A caller's lazily opened Image.open(...) decodes here; a corrupt one

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from . import cpu_isa
 from .encoder import Encoder
-from .errors import ArtifactError, IncompatibleTowersError
+from .errors import ArtifactError, IncompatibleTowersError, InputError
 from .inputs import boolean
 from .manifest import BundleInfo, TowerManifest, available_variants, read_bundle, read_manifest
 from .session import open_session
@@ -93,7 +93,7 @@ def load(
         raise ArtifactError(f"bundle directory {root} does not exist; create one with `crossmodal export`")
     bundle = read_bundle(root)
     if modality not in (None, "image", "text"):
-        raise ValueError(f"modality must be None, 'image' or 'text', got {modality!r}")
+        raise InputError(f"modality must be None, 'image' or 'text', got {modality!r}")
     wanted = [m for m in ("image", "text") if m in bundle.towers and modality in (None, m)]
     if not wanted:
         raise ArtifactError(f"bundle {root} has no {modality} tower (it has: {sorted(bundle.towers)})")

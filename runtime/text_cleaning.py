@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import re
 
+from .errors import InputError
 from .inputs import positive_int
 
 CLEANING_RULES = ("none", "clip", "albef", "bert")
@@ -81,7 +82,7 @@ def clean(text: str, rule: str, max_words: int | None = None) -> str:
         return clean_albef(text, ALBEF_DEFAULT_MAX_WORDS if max_words is None else max_words)
     if rule in ("none", "bert"):
         return text
-    raise ValueError(f"unknown text cleaning rule {rule!r}; expected one of {CLEANING_RULES}")
+    raise InputError(f"unknown text cleaning rule {rule!r}; expected one of {CLEANING_RULES}")
 
 
 __all__ = ["CLEANING_RULES", "ALBEF_DEFAULT_MAX_WORDS", "clean", "clean_albef", "clean_clip"]

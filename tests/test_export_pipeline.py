@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal.errors import ParityError
+from crossmodal.errors import InputError, ParityError
 from crossmodal.export import optimize as optimize_mod
 from crossmodal.export.onnx_export import export_onnx, run_torch
 from crossmodal.export.parity import compare, merge, require
@@ -79,7 +79,7 @@ def test_int8_auto_records_every_trial(text_spec, tmp_path: Path) -> None:
 
 def test_parse_targets() -> None:
     assert parse_targets("cpu-fp32, cpu-int8") == ["cpu-fp32", "cpu-int8"]
-    with pytest.raises(ValueError, match="crossmodal trt build"):
+    with pytest.raises(InputError, match="crossmodal export tensorrt build"):
         parse_targets("gpu-trt-fp16")
     with pytest.raises(ValueError, match="unknown export target"):
         parse_targets("cpu-int4")

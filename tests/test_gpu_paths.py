@@ -104,7 +104,7 @@ def test_mismatched_engine_is_refused_with_the_rebuild_command(bundle: Path) -> 
         check_engine(info, ADA, engine)
     msg = str(exc.value)
     assert "compute capability 8.6" in msg and "this GPU is 8.9" in msg
-    assert f"crossmodal trt build {bundle} --tower image --fp16 --min 1 --opt 8 --max 32" in msg
+    assert f"crossmodal export tensorrt build {bundle} --tower image --fp16 --min 1 --opt 8 --max 32" in msg
     with pytest.raises(ArtifactError, match=r"built with TensorRT 10\.3\.0, this machine has TensorRT 10\.4\.1"):
         check_engine(info, DeviceInfo("8.6", "10.4.1"), engine)
 
@@ -118,7 +118,7 @@ def test_select_engine_picks_this_gpus_engine_among_several(bundle: Path) -> Non
         select_engine(folder, DeviceInfo("7.5", "10.3.0", "Tesla T4"))
     msg = str(exc.value)
     assert "expected model.sm75.trt10.3.engine" in msg and "model.sm86.trt10.3.engine" in msg
-    assert f"crossmodal trt build {bundle} --tower text --fp16 --min 1x1 --opt 8x16 --max 32x77" in msg
+    assert f"crossmodal export tensorrt build {bundle} --tower text --fp16 --min 1x1 --opt 8x16 --max 32x77" in msg
 
 
 def test_install_engine_writes_a_complete_variant_and_keeps_other_engines(bundle: Path) -> None:
@@ -416,7 +416,7 @@ def test_tensorrt_session_runs_through_the_api_it_targets(bundle: Path, monkeypa
         sess.run(None, {"input_ids": np.ones((9, 4), np.int64)})
     with pytest.raises(InputError, match="needs input 'input_ids'"):
         sess.run(None, {"ids": np.ones((1, 4), np.int64)})
-    with pytest.raises(ArtifactError, match="crossmodal trt build"):
+    with pytest.raises(ArtifactError, match="crossmodal export tensorrt build"):
         gpu.TensorRTSession(engine, device=ADA)  # refused before deserialising
 
 

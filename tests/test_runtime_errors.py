@@ -72,6 +72,12 @@ def test_manifest_counts_out_of_range_are_refused_at_load() -> None:
     assert TextSettings(max_length=30, cleaning="albef", max_words=30).max_words == 30
 
 
+def test_bad_arguments_to_load_are_input_errors(tiny_clip_bundle: Path) -> None:
+    # CrossmodalError subclasses (InputError is also a ValueError): the CLI prints them as one line.
+    with pytest.raises(InputError, match="modality must be None, 'image' or 'text', got 'audio'"):
+        crossmodal.load(tiny_clip_bundle, modality="audio")
+
+
 def test_model_file_missing(bundle_copy: Path) -> None:
     (bundle_copy / "image" / "cpu-fp32" / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match="model.onnx is missing"):

@@ -106,15 +106,33 @@ def test_cli_writes_repository_with_custom_batching(bundle: Path, tmp_path: Path
 
 
 def test_missing_variant_names_the_command(bundle: Path, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=r"crossmodal trt build .* --tower image --fp16"):
+    with pytest.raises(ArtifactError, match=r"crossmodal export tensorrt build .* --tower image --fp16"):
         export_triton(bundle, tmp_path / "repo", "gpu-trt-fp16")
     with pytest.raises(ArtifactError, match="no 'cuda-fp32'|cannot be served"):
         export_triton(bundle, tmp_path / "repo", "cuda-fp32")
 
 
 def test_settings_are_validated() -> None:
-    with pytest.raises(ValueError, match="preferred batch sizes"):
+    with pytest.raises(InputError, match="preferred batch sizes"):
         TritonSettings(max_batch_size=8, preferred_batch_sizes=(16,))
+    # The shared count rule (crossmodal.inputs): a bool or a float is not a count.
+    for bad, match in (({"max_batch_size": True}, "max_batch_size"), ({"max_batch_size": 0}, "max_batch_size"),
+                       ({"preferred_batch_sizes": (0,)}, "preferred batch size"), ({"instances": 2.0}, "instances"),
+                       ({"max_queue_delay_us": -1}, "max_queue_delay_us")):
+        with pytest.raises(InputError, match=match):
+            TritonSettings(**{"max_batch_size": 8, "preferred_batch_sizes": (4,), **bad})
+    assert TritonSettings(max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_us=0).max_queue_delay_us == 0
+
+
+@pytest.mark.parametrize("option,value", [("--max-batch", "0"), ("--instances", "0"), ("--preferred", "4,x"),
+                                          ("--queue-delay-us", "-1")])
+def test_cli_refuses_bad_counts_instead_of_using_the_default(tmp_path: Path, option: str, value: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # `--max-batch 0` once meant the default (64) without a word; argparse refuses it before the bundle is read.
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["export", "triton", str(tmp_path / "bundle"), "--out", str(tmp_path / "repo"), option, value])
+    assert exc.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
 
 
 def test_tensorrt_repository_maps_engines_by_compute_capability(bundle: Path, tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def test_load_refuses_an_unknown_variant_before_touching_the_disk(tmp_path: Path
     (bundle / "text" / "cpu-fp32" / "manifest.json").write_text(json.dumps(_manifest_dict("cpu-fp32")))
     with pytest.raises(ArtifactError, match="unknown variant '../text/cpu-fp32'; expected one of"):
         crossmodal.load(bundle, variant="../text/cpu-fp32")
-    with pytest.raises(ArtifactError, match=r"no 'gpu-trt-fp16' variant.*crossmodal trt build .* --tower text --fp16"):
+    with pytest.raises(ArtifactError, match=r"no 'gpu-trt-fp16' variant.*crossmodal export tensorrt build .* --tower text --fp16"):
         crossmodal.load(bundle, variant="gpu-trt-fp16")  # engines are built, not exported: the message says how
 
 
@@ -193,7 +193,7 @@ def _engine(root: Path) -> Path:
     engine.write_bytes(b"fake engine")
     profile = {k: {"input_ids": [1, 1]} for k in ("min", "opt", "max")}
     info = EngineInfo("8.6", "10.3.0", "fp16", "text", profile, "text/gpu-fp16/model.onnx", "0" * 64,
-                      "crossmodal trt build b --tower text --fp16")
+                      "crossmodal export tensorrt build b --tower text --fp16")
     engine.with_suffix(".json").write_text(engine_manifest_json(info))
     return engine
 

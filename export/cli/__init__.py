@@ -1,7 +1,7 @@
 """``crossmodal export COMMAND ...``: one module per command, imported only to parse and run it.
 
-Family commands (``clip``, ``mbert``, ``albef``) turn a checkpoint into a
-bundle; deployment commands (``triton``, ``tensorrt``) turn a bundle into what
+Family commands (``clip``, ``mbert``, ``albef``, ``custom``) turn a checkpoint
+into a bundle; deployment commands (``triton``, ``tensorrt``) turn a bundle into what
 a server or a GPU runs. Parsing, every ``--help`` included, stays torch-free:
 a command module defines its options and imports its exporter only in ``run``.
 """
@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "mbert": "crossmodal.export.cli.mbert",
     "albef": "crossmodal.export.cli.albef",
     "custom": "crossmodal.export.cli.custom",
-    "triton": "crossmodal.export.triton",
+    "triton": "crossmodal.export.cli.triton",
     "tensorrt": "crossmodal.export.cli.tensorrt",
 }
 

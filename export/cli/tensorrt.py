@@ -54,14 +54,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from crossmodal.gpu import check_engine, current_device, read_engine_info
+    from crossmodal.gpu import ENGINE_SUFFIX, TRT_VARIANT, check_engine, current_device, read_engine_info
     from crossmodal.manifest import read_bundle
 
     device = current_device()
     print(f"this machine: {device.name} compute capability {device.compute_capability}, TensorRT {device.tensorrt_version}")
     bad = 0
     for tower, folder in read_bundle(args.bundle).towers.items():
-        for engine in sorted((Path(args.bundle) / folder / "gpu-trt-fp16").glob("*.engine")):
+        for engine in sorted((Path(args.bundle) / folder / TRT_VARIANT.name).glob(f"*{ENGINE_SUFFIX}")):
             try:
                 check_engine(read_engine_info(engine), device, engine)
                 print(f"OK   {tower}: {engine.name}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..inputs import positive_int
+from ..inputs import non_negative_int, positive_int
 from ..variants import DEFAULT_VARIANT, VARIANTS
 
 
@@ -25,6 +25,14 @@ def positive(text: str) -> int:
         return positive_int("the value", int(text))
     except (ValueError, InputError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+
+
+def non_negative(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    try:
+        return non_negative_int("the value", int(text))
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
 
 
 def add_variant(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_VARIANT, help: str | None = None) -> None:
@@ -65,5 +73,5 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-__all__ = ["positive", "add_variant", "add_threads", "add_top_k", "add_json", "add_no_progress", "load_encoder",
+__all__ = ["positive", "non_negative", "add_variant", "add_threads", "add_top_k", "add_json", "add_no_progress", "load_encoder",
            "print_json"]
