@@ -251,6 +251,17 @@ def test_an_index_from_before_keyword_search_is_searchable_and_upgraded_by_a_wri
         assert reader.keyword_search("photo5") == []  # removed: an orphan vector, no item
         assert len(reader.keyword_search("caption", where={"path_prefix": "photo"})) == 5  # photo0-4.jpg
         assert [h.key for h in reader.search(image[3], 1, where={"path_prefix": "/photos/photo3"})] == [keys[3]]
+        # caption fusion and hybrid ranking on it too (the golden index's space is the fake encoder's)
+        from crossmodal.retriever import Retriever
+        from helpers.fake_encoder import FakeEncoder
+
+        r = Retriever(FakeEncoder(dim=8), reader)
+        with np.load(FORMAT_1 / "vectors.npz") as z:
+            text = z["text"]
+        fused = r.search_text("q", k=7, vectors=text[1], fuse="captions", fuse_weight=1.0)
+        assert fused[0].key == keys[1] and fused[0].score == pytest.approx(1.0, abs=1e-6)  # its caption is the query
+        hybrid = r.search_text("photo4", k=3, vectors=image[0], hybrid=True)
+        assert {h.key for h in hybrid[:2]} == {keys[0], keys[4]}  # 1st by vector, 1st by keyword: one RRF term each
     assert not any(n.startswith("items_fts") for n in schema())  # a reader writes nothing
     with Index.open(path) as writer:
         assert writer.repairs == [] and writer.count("image") == 7
