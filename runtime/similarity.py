@@ -64,6 +64,7 @@ def _unit_rows(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.
     norm = np.linalg.norm(scaled, axis=1)
     return np.divide(scaled, norm[:, None], out=np.zeros_like(x), where=nonzero[:, None]), nonzero
 
+
 def parity(got: ArrayLike, expected: ArrayLike) -> Parity:
     """Minimum and mean row-wise cosine and maximum absolute element error of ``got`` against ``expected``.
 

@@ -23,7 +23,7 @@ class Handover:
 
 HANDOVERS: dict[str, Handover] = {
     "export": Handover("crossmodal.export.cli", "export",
-                       "export a checkpoint to a bundle (clip, mbert, albef), or a bundle for Triton / TensorRT"),
+                       "export a checkpoint to a bundle (clip, mbert, albef, custom), or a bundle for Triton / TensorRT"),
     "bench": Handover("crossmodal.bench.cli", "export,bench", "benchmarks against PyTorch"),
     "trt": Handover("crossmodal.export.trt_cli", "gpu",
                     "build TensorRT engines on a GPU machine (same as `crossmodal export tensorrt`)"),
