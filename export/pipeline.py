@@ -180,10 +180,22 @@ def _build_int8(run: TowerRun) -> Built:
 def _build_fp16(run: TowerRun) -> Built:
     from .fp16 import convert_fp16
 
+    run.stage("fp16")
     # From the traced graph, not the CPU-fused one: CUDA fuses differently, online.
     path, parity, info = convert_fp16(run.raw, run.workdir / f"{run.folder}-fp16.onnx", run.reference,
                                       run.spec.parity_inputs, output=run.spec.parity_output)
     return Built(path, parity, extra=info)
+
+
+def _no_stages(tower: str, options: ExportOptions) -> list[str]:
+    return []
+
+
+def _int8_stages(tower: str, options: ExportOptions) -> list[str]:
+    target = options.int8_target or int8_targets.machine_target()
+    recipes = int8_targets.candidates(target, tower) if options.int8_recipe == "auto" else (options.int8_recipe,)
+    names = [f"int8 {r}" for r in recipes if options.optimize or not r.endswith("-fused")]
+    return names + (["int8 timing"] if len(recipes) > 1 else [])
 
 
 @dataclass(frozen=True)
@@ -192,18 +204,20 @@ class Recipe:
 
     ``limits`` returns ``min_cosine`` and, for variants that must match the
     reference element by element, ``max_abs``; the same dict is recorded in the
-    manifest and gates the tower's secondary outputs.
+    manifest and gates the tower's secondary outputs. ``stages`` names the
+    progress stages ``build`` announces through ``TowerRun.stage`` (for the ETA).
     """
 
     build: Callable[[TowerRun], Built]
     limits: Callable[[Thresholds], dict[str, float]]
+    stages: Callable[[str, ExportOptions], list[str]] = _no_stages
 
 
 # One row per exportable variant of crossmodal.variants (tests check the keys agree).
 RECIPES: dict[str, Recipe] = {
     "cpu-fp32": Recipe(_build_fp32, lambda t: {"min_cosine": t.fp32_min_cosine, "max_abs": t.fp32_max_abs}),
-    "cpu-int8": Recipe(_build_int8, lambda t: {"min_cosine": t.int8_min_cosine}),
-    "gpu-fp16": Recipe(_build_fp16, lambda t: {"min_cosine": t.fp16_min_cosine}),
+    "cpu-int8": Recipe(_build_int8, lambda t: {"min_cosine": t.int8_min_cosine}, _int8_stages),
+    "gpu-fp16": Recipe(_build_fp16, lambda t: {"min_cosine": t.fp16_min_cosine}, lambda tower, options: ["fp16"]),
 }
 
 
@@ -234,15 +248,11 @@ def export_tower(
 
 
 def planned_stages(tower: str, options: ExportOptions) -> list[str]:
-    """The stage names an export of ``tower`` with ``options`` is expected to go through (for the ETA)."""
+    """The stage names an export of ``tower`` with ``options`` goes through, in order (for the ETA)."""
     names = ["trace", "fp32 parity and fusions"]
-    if "cpu-int8" in options.targets:
-        target = options.int8_target or int8_targets.machine_target()
-        recipes = int8_targets.candidates(target, tower) if options.int8_recipe == "auto" else (options.int8_recipe,)
-        names += [f"int8 {r}" for r in recipes if options.optimize or not r.endswith("-fused")]
-        names += ["int8 timing"] if len(recipes) > 1 else []
-    names += ["fp16"] if "gpu-fp16" in options.targets else []
-    return names + [f"write {v}" for v in EXPORTABLE if v in options.targets]
+    for variant in (v for v in EXPORTABLE if v in options.targets):
+        names += [*RECIPES[variant].stages(tower, options), f"write {variant}"]
+    return names
 
 
 def _trace(spec: TowerSpec, path: Path, opset: int) -> tuple[Path, list[list[NDArray]]]:
@@ -289,8 +299,6 @@ def _export_tower(spec: TowerSpec, workdir: Path, options: ExportOptions, stages
     summary: dict[str, Any] = {}
     for variant in (v for v in EXPORTABLE if v in options.targets):
         recipe = RECIPES[variant]
-        if variant == "gpu-fp16":
-            stages("fp16")
         built = recipe.build(run)
         limits = recipe.limits(thresholds)
         require(built.parity, min_cosine=limits["min_cosine"], max_abs=limits.get("max_abs"),

@@ -10,6 +10,7 @@ Lanes (markers registered in pyproject.toml):
   ``pytest -m "not export"`` is the torch-free lane (`make test-runtime`).
 - ``slow``: more than a few seconds on 2 cores; ``-m "not slow and not export"``
   is the inner loop (`make test-fast`).
+Every lane marker is applied here, not in the test modules, so the lists are the whole truth.
 A test dependency that is missing fails its test in every lane, never skips it.
 """
 
@@ -60,6 +61,15 @@ EXPORT_FIXTURES = frozenset({"tiny_clip_dir", "tiny_st_clip_dir", "clip_ref"})
 EXPORT_TESTS = frozenset({
     "test_cli.py::test_export_without_network_stops_at_once_with_instructions",
     "test_wheel.py::test_installed_wheel_finds_cards_and_calibration_images",  # imports crossmodal.export
+    "test_demo.py::test_demo_runs_offline_and_finds_the_paraphrased_caption",  # exports MiniLM
+    "test_lean_graph.py::test_planned_stages_follow_target_and_recipe",  # imports the pipeline (torch)
+    "test_text_cleaning.py::test_clean_clip_equals_open_clip_cleaning",  # open_clip's tokenizer module imports torch
+    "test_bench_text_graphs.py::test_tiny_albef_tower_end_to_end",
+    "test_bench_text_graphs.py::test_tiny_mclip_tower_is_exported_from_a_multilingual_clip_checkpoint",
+    "test_roofline.py::test_flop_counter_on_a_known_graph",  # writes graphs with onnx
+    "test_roofline.py::test_tiny_clip_towers_count_the_vit_and_text_transformer_formulas",
+    "test_roofline.py::test_measure_peaks_reports_positive_rates",
+    "test_roofline.py::test_fused_bert_ops_count_their_projection_and_read_only_the_looked_up_rows",
 })
 # More than ~5 s on 2 busy cores (pytest --durations); `make test-fast` leaves them out.
 SLOW_MODULES = frozenset({
@@ -69,6 +79,7 @@ SLOW_MODULES = frozenset({
     "test_serve_process.py",       # real server processes: signals, kill -9, restarts
     "test_custom_export.py",       # builds and exports a seed-style dual encoder once per module: 30-50 s
     "test_distributed.py",         # starts a local Ray cluster (13-27 s) and runs Ray Data jobs: 1-2 min
+    "test_mbert_fidelity.py",      # ~45 s of CPU: export with fusion and int8 trials, 2 x 1,300 encodes
 })
 # Single tests over ~1.5 s (measured quiet: the other helpers' processes paused) or a matrix of
 # process kills; `make test` runs them, the inner loop has cheaper tests of the same code.
@@ -90,6 +101,9 @@ SLOW_TESTS = frozenset({
     "test_readme.py::test_cli_lines_run",
     "test_readme.py::test_python_block_runs",                      # a Python process per README block: ~6 s
     "test_runtime_no_torch.py::test_encoding_works_without_torch",
+    "test_demo.py::test_demo_runs_offline_and_finds_the_paraphrased_caption",  # exports, indexes, searches: ~1 min
+    "test_bench_text_graphs.py::test_tiny_albef_tower_end_to_end",
+    "test_bench_text_graphs.py::test_tiny_mclip_tower_is_exported_from_a_multilingual_clip_checkpoint",
 })
 
 

@@ -12,8 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.export
-@pytest.mark.slow
 def test_demo_runs_offline_and_finds_the_paraphrased_caption(tmp_path: Path) -> None:
     bundle, index = tmp_path / "minilm", tmp_path / "captions.idx"
     # A CLIP checkpoint that is not there stands for "no network, nothing in the cache".

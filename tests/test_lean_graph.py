@@ -150,13 +150,14 @@ def test_progress_names_stages_and_estimates_what_is_left(monkeypatch: pytest.Mo
     assert lines[2] == "[export text] write cpu-int8 (3/4, 0:25 elapsed, ~0:15 left, peak RSS 1.2 GB)"
 
 
-@pytest.mark.export  # imports the pipeline (torch)
 def test_planned_stages_follow_target_and_recipe(tmp_path: Path) -> None:
     from crossmodal.export.options import ExportOptions
     from crossmodal.export.pipeline import planned_stages
 
     avx2 = planned_stages("image", ExportOptions.create(tmp_path, "cpu-fp32,cpu-int8", int8_target="avx2"))
-    assert avx2 == ["trace", "fp32 parity and fusions", "int8 qdq-rr", "int8 qdq-rr-fused", "int8 dynamic-rr",
-                    "int8 dynamic-rr-fused", "int8 timing", "write cpu-fp32", "write cpu-int8"]
+    assert avx2 == ["trace", "fp32 parity and fusions", "write cpu-fp32", "int8 qdq-rr", "int8 qdq-rr-fused",
+                    "int8 dynamic-rr", "int8 dynamic-rr-fused", "int8 timing", "write cpu-int8"]  # the order they run in
+    gpu = planned_stages("text", ExportOptions.create(tmp_path, "cpu-fp32,gpu-fp16"))
+    assert gpu == ["trace", "fp32 parity and fusions", "write cpu-fp32", "fp16", "write gpu-fp16"]
     named = planned_stages("text", ExportOptions.create(tmp_path, "cpu-int8", int8_recipe="dynamic", optimize=False))
     assert named == ["trace", "fp32 parity and fusions", "int8 dynamic", "write cpu-int8"]

@@ -21,8 +21,7 @@ import crossmodal
 from helpers.mbert_models import CORPUS
 
 SPACE = "sentence-transformers/all-MiniLM-L6-v2"
-# ~45 s of CPU (export with fusion and int8 trials, 2 x 1,300 encodes); over a minute on a busy 2-core box.
-pytestmark = pytest.mark.slow
+# slow (conftest): ~45 s of CPU (export with fusion and int8 trials, 2 x 1,300 encodes).
 
 
 def template_captions(n: int = 1200) -> list[str]:

@@ -88,7 +88,6 @@ def test_clean_clip_examples(raw: str, expected: str) -> None:
     assert clean_clip(raw) == expected
 
 
-@pytest.mark.export  # open_clip's tokenizer module imports torch
 def test_clean_clip_equals_open_clip_cleaning() -> None:
     from helpers.clip_vocab import reference_clean
 
