@@ -122,6 +122,8 @@ class FileLock:
             fcntl.flock(self.fd, op)
         except BlockingIOError:
             return False
+        except OSError as exc:  # e.g. ENOLCK: a network file system without lock support
+            raise self._error("the file system refuses the lock", exc) from exc
         return True
 
     def release(self) -> None:

@@ -80,6 +80,24 @@ def test_only_a_reader_on_a_read_only_file_system_goes_without_a_lock(tmp_path: 
         FileLock(path, create=False)
 
 
+def test_a_file_system_that_refuses_locks_is_an_error_not_a_lock_free_run(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    lock = FileLock(tmp_path / ".lock", create=True)
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))  # NFS without a lock daemon
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    for exclusive in (True, False):
+        with pytest.raises(IndexStoreError, match=r"cannot lock .*\.lock: the file system refuses the lock"):
+            lock.acquire(exclusive=exclusive, blocking=False)
+    monkeypatch.undo()
+    assert lock.acquire(exclusive=True, blocking=False)
+    lock.close()
+
+
 def test_index_open_fails_loudly_when_its_lock_cannot_be_taken(tmp_path: Path) -> None:
     bundle = BundleInfo(name="b", family="clip", dim=4, space="s", logit_scale=100.0, towers={"image": "image"})
     Index.create(tmp_path / "idx", bundle=bundle, root=tmp_path).close()
