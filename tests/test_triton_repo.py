@@ -202,6 +202,12 @@ def test_client_prepares_requests_like_the_local_runtime(bundle: Path, tmp_path:
     assert fake.shapes[-1][1] == [2, 16]  # 7 tokens padded to the 16-token bucket
     images = sorted((ROOT / "examples" / "images").glob("*.png"))[:2]
     np.testing.assert_allclose(client.encode_image(images), local.encode_image(images), atol=1e-5)
+    # The one item-or-batch rule: a 4-D uint8 array is a batch of images, as for the local encoder.
+    pair = np.random.default_rng(0).integers(0, 256, (2, 24, 20, 3), dtype=np.uint8)
+    got = client.encode_image(pair)
+    assert got.shape == (2, 16) and fake.shapes[-1][1][0] == 2
+    np.testing.assert_allclose(got, local.encode_image(pair), atol=1e-5)
+    np.testing.assert_allclose(client.encode_image(pair[1]), got[1:], atol=1e-5)  # one image: one row
 
 
 def test_client_does_not_pad_for_dynamic_int8(bundle: Path) -> None:
