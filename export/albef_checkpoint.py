@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.errors import ArtifactError
+from crossmodal.inputs import positive_int
 
 from . import resources
 from .albef_model import AlbefConfig, AlbefModel, TextConfig, VisionConfig
@@ -270,6 +271,8 @@ def build_config(raw: Mapping[str, Any], sd: Mapping[str, torch.Tensor], layout:
     ``image_res`` overrides the config's resolution (the position embeddings
     are then interpolated). Returns the config and where each value came from.
     """
+    if image_res is not None:  # 0 once meant "the config's" without a word
+        image_res = positive_int("image_res", image_res)
     yaml_cfg, bert, vision = _sections(raw)
     r = _Resolver(where)
     t = _TEXT_PREFIX[layout]

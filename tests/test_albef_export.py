@@ -238,3 +238,16 @@ def test_vocab_resolution_errors(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text("hello\nworld\n")
     with pytest.raises(ArtifactError, match=r"not a BERT vocabulary \(no \[PAD\]"):
         build_tokenizer(resolve_vocab(tmp_path))
+
+
+def test_image_res_must_be_a_positive_integer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.cli import main
+    from crossmodal.errors import InputError
+
+    for bad in (0, -64, True):  # 0 once meant "the config's resolution" without a word
+        with pytest.raises(InputError, match="image_res must be a positive integer"):
+            load_albef(TINY_CKPT, TINY_CONFIG, image_res=bad, with_rerank=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "albef", "--model", str(TINY_CKPT), "--config", str(TINY_CONFIG), "--image-res", "0",
+              "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2 and "argument --image-res: expected a positive integer, got '0'" in capsys.readouterr().err

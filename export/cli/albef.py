@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossmodal.cli.options import positive
+
 from .bundle_options import add_bundle_arguments, bundle_options
 
 
@@ -17,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
                    help="model card albef_4m | albef_14m | retrieval_coco | retrieval_flickr, or a JSON/yaml "
                         "config in the original vocabulary")
-    p.add_argument("--image-res", type=int, help="export resolution (default: the config's; pos_embed is interpolated)")
+    p.add_argument("--image-res", type=positive, metavar="PIXELS", help="export resolution (default: the config's; pos_embed is interpolated)")
     p.add_argument("--vocab",
                    help="bert-base-uncased vocab.txt, a directory holding it, or a hub id (default: bert-base-uncased)")
     p.add_argument("--no-rerank", action="store_true", help="skip the ITM re-ranker graph")
