@@ -183,7 +183,7 @@ def test_every_export_option_has_help_text() -> None:
 
 
 def test_trt_is_an_alias_of_export_tensorrt(capsys: pytest.CaptureFixture[str]) -> None:
-    from crossmodal.export import trt_cli
+    from crossmodal.export.cli import trt_alias as trt_cli
 
     with pytest.raises(SystemExit) as exc:
         trt_cli.main(["-v", "check", "--help"])

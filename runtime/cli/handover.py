@@ -25,7 +25,7 @@ HANDOVERS: dict[str, Handover] = {
     "export": Handover("crossmodal.export.cli", "export",
                        "export a checkpoint to a bundle (clip, mbert, albef, custom), or a bundle for Triton / TensorRT"),
     "bench": Handover("crossmodal.bench.cli", "export,bench", "benchmarks against PyTorch"),
-    "trt": Handover("crossmodal.export.trt_cli", "gpu",
+    "trt": Handover("crossmodal.export.cli.trt_alias", "gpu",
                     "build TensorRT engines on a GPU machine (same as `crossmodal export tensorrt`)"),
     "serve": Handover("crossmodal.serve.cli", "serve", "run the HTTP search service over a bundle and an index"),
 }

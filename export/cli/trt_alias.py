@@ -9,7 +9,7 @@ _VERBOSE = ("-v", "--verbose")
 
 def main(argv: Sequence[str]) -> int:
     """Run ``crossmodal export [-v] tensorrt ARGS``; ``crossmodal trt`` took ``-v`` before its action."""
-    from .cli import main as export_main
+    from . import main as export_main
 
     args = list(argv)
     flags = []
