@@ -210,6 +210,48 @@ def test_import_then_search_finds_what_index_build_finds(ray_address: str, tiny_
     assert _json_out(capsys)["added"] == 0
 
 
+def test_captions_through_ray_are_embedded_as_index_build_embeds_them(ray_address: str, tiny_clip_bundle: Path,
+                                                                      folder, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.retriever import Retriever
+
+    records = []
+    for i, p in enumerate(folder.good + folder.duplicates + folder.corrupt):
+        rel = p.relative_to(folder.root).as_posix()
+        colour = folder.colour_of.get(p, "grey")
+        records.append({"image": rel, "caption": f"a {colour} thing, picture {i}"})
+        if i % 3 == 0:
+            records.append({"image": rel, "caption": f"the {colour} one"})
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = [str(tiny_clip_bundle), "--images", str(folder.root), "--captions", str(captions), "--variant",
+              "cpu-fp32", "--no-progress", "--json"]
+    assert main(["index", "build", *common, "--out", str(tmp_path / "plain")]) == 0
+    plain = _json_out(capsys)
+    ray_build = ["index", "build", *common, "--out", str(tmp_path / "viaray"), "--ray", "--shard-size", "7"]
+    assert main(ray_build) == 0
+    viaray = _json_out(capsys)
+    assert viaray["captions_added"] == plain["captions_added"] > 16 and viaray["added"] == plain["added"] == 16
+    assert viaray["captions"]["written"] == viaray["captions"]["shards"] > 1
+    assert sorted(p.name for p in (tmp_path / "viaray.shards").glob("shard-text-*.parquet"))
+
+    enc = crossmodal.load(tiny_clip_bundle, variant="cpu-fp32")
+    with Index.open(tmp_path / "plain", read_only=True) as a, Index.open(tmp_path / "viaray", read_only=True) as b:
+        for tower in ("image", "text"):
+            assert a.keys(tower) == b.keys(tower)
+            assert {(r.path, r.caption) for r in a.items(tower=tower)} == {(r.path, r.caption)
+                                                                           for r in b.items(tower=tower)}
+        ra, rb = Retriever(enc, a), Retriever(enc, b)
+        for q in ("a red thing", "the blue one", "yellow picture 9"):
+            for kw in ({"fuse": "captions"}, {"fuse": "captions", "fuse_mode": "rrf"}, {"tower": "text"}):
+                want, got = ra.search_text(q, k=6, **kw), rb.search_text(q, k=6, **kw)
+                assert [h.key for h in got] == [h.key for h in want]
+                np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+    assert main(ray_build) == 0  # a rerun embeds and adds nothing
+    again = _json_out(capsys)
+    assert (again["captions"]["written"], again["added"], again["captions_added"]) == (0, 0, 0)
+
+
 def test_parquet_list_of_images_with_captions(ray_address: str, tiny_clip_bundle: Path, folder,
                                               tmp_path: Path) -> None:
     import pyarrow as pa
@@ -218,15 +260,17 @@ def test_parquet_list_of_images_with_captions(ray_address: str, tiny_clip_bundle
     listed = folder.good[:6]
     (tmp_path / "lists").mkdir()
     rel = [os.path.relpath(p, tmp_path / "lists") for p in listed]
-    pq.write_table(pa.table({"path": rel, "caption": [f"picture {i}" for i in range(6)]}),
-                   tmp_path / "lists" / "images.parquet")
+    caps = [[f"picture {i}"] + ([f"another view {i}"] if i % 2 else []) for i in range(6)]  # list column
+    pq.write_table(pa.table({"path": rel, "caption": caps}), tmp_path / "lists" / "images.parquet")
     out = tmp_path / "idx"
     assert main(["index", "build", str(tiny_clip_bundle), "--images", str(tmp_path / "lists" / "images.parquet"),
                  "--out", str(out), "--ray", "--actors", "1", "--no-progress"]) == 0
     with Index.open(out, read_only=True) as idx:
         assert idx.root is None
-        got = {r.path: r.caption for r in idx.items()}
+        got = {r.path: r.caption for r in idx.items(tower="image")}  # an image stores its first caption
+        texts = {(r.path, r.caption) for r in idx.items(tower="text")}  # every caption is embedded
     assert got == {str(p): f"picture {i}" for i, p in enumerate(listed)}
+    assert texts == {(str(p), c) for p, cs in zip(listed, caps) for c in cs}
 
 
 def _shard(tmp_path: Path, space: str, dim: int, rows: list[dict]) -> Path:
@@ -288,7 +332,7 @@ def test_runtime_and_cli_never_import_ray(tmp_path: Path) -> None:
     assert "pip install 'crossmodal[ray]'" in out.stdout
 
 
-def test_cli_refuses_ray_options_without_ray_and_captions_with_it(tiny_clip_bundle: Path, folder, tmp_path: Path,
+def test_cli_refuses_ray_options_without_ray_and_captions_beside_a_parquet_list(tiny_clip_bundle: Path, folder, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -302,8 +346,8 @@ def test_cli_refuses_ray_options_without_ray_and_captions_with_it(tiny_clip_bund
     assert "parquet list of images is read by `index build --ray`" in capsys.readouterr().err
     captions = tmp_path / "c.jsonl"
     captions.write_text('{"image": "x.png", "caption": "x"}\n')
-    assert main([*base, "--images", str(folder.root), "--ray", "--captions", str(captions)]) == 2
-    assert "--captions is not read with --ray" in capsys.readouterr().err
+    assert main([*base, "--images", str(listing), "--ray", "--captions", str(captions)]) == 2
+    assert "--captions is read with a folder" in capsys.readouterr().err
     assert not (tmp_path / "idx").exists()  # refused before creating anything
     assert main(["index", "import", str(tmp_path / "idx"), str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

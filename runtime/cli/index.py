@@ -107,51 +107,69 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_build_ray(args: argparse.Namespace) -> int:
-    """Embed on Ray into shard files (resumable), then import them into the index at ``--out``."""
+    """Embed on Ray into shard files (resumable), then import them into the index at ``--out``.
+
+    Captions (``--captions`` for a folder, the parquet list's caption column) are embedded
+    into the text tower as ``index build --captions`` embeds them, after the images (a
+    caption's key needs its image's content digest), on the same Ray cluster.
+    """
     from ..distributed.embed import check_bundle
     from ..distributed.importer import import_shards
     from ..distributed.sources import folder_items, is_parquet_list, parquet_items
-    from ..distributed.writer import embed_to_shards
+    from ..distributed.writer import RaySession, caption_items, embed_to_shards
     from ..index.format import relative_item_path
+    from ..ingest import read_captions
     from ..variants import DEFAULT_VARIANT
 
-    if args.captions:
-        raise InputError("--captions is not read with --ray: give --images a parquet file with path and caption "
-                         "columns (captions are stored with their image), or build without --ray to embed "
-                         "captions for image -> caption search.")
     variant = args.variant or DEFAULT_VARIANT
     if is_parquet_list(args.images):
-        items, skipped, root = parquet_items(args.images), [], None
+        if args.captions:
+            raise InputError(f"--captions is read with a folder; --images {args.images} is a parquet list: put "
+                             "the captions in its caption column.")
+        (items, captions), skipped, root = parquet_items(args.images), [], None
     else:
-        items, skipped = folder_items(args.images)
+        items, skipped, captions = folder_items(args.images, read_captions(args.captions) if args.captions else None)
         root = args.images
     if not items:
         raise _no_images(args.images)
     info = check_bundle(args.bundle, variant, "image")
+    embed_text = bool(captions) and "text" in info.towers  # as `index build`: stored only without a text tower
+    if embed_text:
+        check_bundle(args.bundle, variant, "text")
     shards_dir = args.shards_dir or args.out.with_name(args.out.name + ".shards")
     idx = _open_or_create(args, info, variant, root)
     progress = not args.no_progress
+    embedding = dict(variant=variant, shard_size=args.shard_size, batch_size=args.batch_size,
+                     concurrency=args.actors, num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor,
+                     threads=args.threads, progress=progress)
+    session = RaySession(args.ray_address)
+    caption_run = None
     try:
         if root is None and idx.root is not None:
             for it in items:  # a listed file outside the index root: refused before anything is embedded
                 relative_item_path(it.path, idx.root)
         try:
-            run = embed_to_shards(items, args.bundle, shards_dir, variant=variant, shard_size=args.shard_size,
-                                  batch_size=args.batch_size, concurrency=args.actors, num_cpus=args.cpus_per_actor,
-                                  num_gpus=args.gpus_per_actor, threads=args.threads, ray_address=args.ray_address,
-                                  progress=progress)
+            run = embed_to_shards(items, args.bundle, shards_dir, session=session, **embedding)
+            if embed_text:
+                caption_run = embed_to_shards(caption_items(run.shards, captions), args.bundle, shards_dir,
+                                              modality="text", session=session, **embedding)
         except KeyboardInterrupt:
             print(f"\ninterrupted: every finished shard is kept in {shards_dir}; rerun the same command to resume",
                   file=sys.stderr)
             return 130
-        report = import_shards(idx, run.shards, progress=progress)
+        finally:
+            session.close()
+        report = import_shards(idx, run.shards + (caption_run.shards if caption_run else []), progress=progress)
     finally:
         idx.close()
     report.errors = [*skipped, *report.errors]
     if args.json:
-        print_json({**report.to_dict(), "embedding": run.to_dict()})
+        print_json({**report.to_dict(), "embedding": run.to_dict(),
+                    **({"captions": caption_run.to_dict()} if caption_run else {})})
     else:
         print(run.summary())
+        if caption_run:
+            print(caption_run.summary())
         print(report.summary())
     return 0
 

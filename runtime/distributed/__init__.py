@@ -10,7 +10,8 @@ One job per module:
 * :mod:`~crossmodal.distributed.embed`: :func:`embed_dataset`, a Ray Dataset of image
   paths, image bytes or texts -> rows of key, sha256, vector, error (actors load the bundle once);
 * :mod:`~crossmodal.distributed.shards`: the shard files (parquet), their plan, names and metadata;
-* :mod:`~crossmodal.distributed.writer`: :func:`embed_to_shards`, the resumable shard writer;
+* :mod:`~crossmodal.distributed.writer`: :func:`embed_to_shards`, the resumable shard writer
+  (images, then their captions: :func:`caption_items`);
 * :mod:`~crossmodal.distributed.importer`: :func:`import_shards`, shard files -> an index in bulk;
 * :mod:`~crossmodal.distributed.sources`: the inputs of ``index build --ray`` (a folder or a parquet list);
 * :mod:`~crossmodal.distributed.extras`: the one way to import Ray and pyarrow, and to connect.
@@ -24,6 +25,8 @@ _EXPORTS = {
     "embed_dataset": "embed",
     "embed_to_shards": "writer",
     "ShardRun": "writer",
+    "caption_items": "writer",
+    "RaySession": "writer",
     "import_shards": "importer",
     "ImportReport": "importer",
     "ShardItem": "shards",

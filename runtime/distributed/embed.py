@@ -30,6 +30,8 @@ RESULT_COLUMNS = ("key", "sha256", "vector", "error")
 IMAGE_BYTES = "bytes"  # the column ray.data.read_binary_files produces
 IMAGE_PATH = "path"
 TEXT = "text"
+# Optional in a text dataset: the sha256 of the image a caption describes (keys it as a caption item).
+OF_IMAGE = "image_sha256"
 
 
 def vector_type(dim: int) -> Any:
@@ -137,15 +139,16 @@ class BatchEmbedder:
 
     def _texts(self, batch: Any, vectors: NDArray[np.float32], shas: list[str | None],
                errors: list[str | None]) -> None:
-        from ..index.format import text_key
+        from ..index.format import caption_key, text_key
 
         if TEXT not in batch.column_names:
             raise InputError(f"a text dataset needs a {TEXT!r} column; it has {batch.column_names}.")
         texts = batch.column(TEXT).to_pylist()
+        images = batch.column(OF_IMAGE).to_pylist() if OF_IMAGE in batch.column_names else [None] * len(texts)
         ok = []
-        for i, t in enumerate(texts):
+        for i, (t, image) in enumerate(zip(texts, images)):
             if isinstance(t, str):
-                shas[i] = text_key(t)[1]
+                shas[i] = (caption_key(image, t) if image else text_key(t))[1]
                 ok.append(i)
             else:
                 errors[i] = f"text is not a string ({type(t).__name__})"
@@ -195,7 +198,9 @@ def embed_dataset(ds: Any, bundle: str | os.PathLike[str], *, variant: str = DEF
 
     ``ds``: for ``modality="image"`` a ``bytes`` column (file contents, e.g. from
     ``ray.data.read_binary_files(..., include_paths=True)``) or else a ``path`` column
-    (files every worker can read); for ``"text"`` a ``text`` column. Other columns
+    (files every worker can read); for ``"text"`` a ``text`` column, and optionally
+    ``image_sha256``, the content digest of the image a text captions (its key is then
+    the caption key ``index build --captions`` gives it). Other columns
     (``path``, ``caption``, ...) pass through; image bytes are dropped from the output.
 
     ``bundle``: a bundle directory at the same path on every node. ``concurrency`` actors

@@ -44,7 +44,8 @@ class ImportReport:
     index: str
     shards: int = 0
     rows: int = 0
-    added: int = 0
+    added: int = 0            # images
+    captions_added: int = 0   # caption items (text shards)
     already_indexed: int = 0  # keys present before, or repeated across the shards
     replaced: int = 0         # paths whose earlier content was replaced
     errors: list[SkippedFile] = field(default_factory=list)
@@ -52,13 +53,15 @@ class ImportReport:
 
     def summary(self) -> str:
         lines = [f"{self.index}: {self.shards} shard(s), {self.rows} row(s); {self.added} added, "
-                 f"{self.already_indexed} already indexed, {self.replaced} changed since the last build, "
+                 + (f"{self.captions_added} caption(s) added, " if self.captions_added else "")
+                 + f"{self.already_indexed} already indexed, {self.replaced} changed since the last build, "
                  f"{len(self.errors)} not embedded; {self.seconds:.1f} s"]
         lines += [f"  skipped {e.path}: {e.reason}" for e in self.errors]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "shards": self.shards, "rows": self.rows, "added": self.added,
+                "captions_added": self.captions_added,
                 "already_indexed": self.already_indexed, "replaced": self.replaced,
                 "seconds": round(self.seconds, 3),
                 "skipped": [{"path": e.path, "reason": e.reason} for e in self.errors]}
@@ -142,7 +145,10 @@ def _add(index: Index, meta: ShardMeta, chunk: Any, shard: Path, report: ImportR
     metas = [{"path": p, "caption": c, "sha256": s} for p, c, s in zip(paths, captions, shas)]
     tower = meta.modality
     new = set(int(k) for k in index.add(_vectors(chunk, meta.dim), metas, keys=keys, tower=tower, journal=False))
-    report.added += len(new)
+    if tower == "image":
+        report.added += len(new)
+    else:
+        report.captions_added += len(new)
     report.already_indexed += len(keys) - len(new)
     if tower == "image":
         for k, p in zip(keys, paths):

@@ -4,6 +4,8 @@ A shard holds one deterministic slice of the sorted input list::
 
     shard-000042-<16 hex>.parquet   columns key (int64), path, caption, sha256 (strings),
                                     vector (fixed-size list of float32), error (string)
+    shard-text-000003-<16 hex>.parquet   the same for caption items (text tower), embedded
+                                    after the images (a caption's key needs its image's content)
 
 The hex is a digest of the slice's inputs (paths, captions, file sizes and mtimes) and
 of what embeds them (bundle, space, dim, variant, modality): a re-run finds the shards
@@ -39,10 +41,16 @@ SHARD_GLOB = "shard-*.parquet"
 @dataclass(frozen=True)
 class ShardItem:
     """One input: an image file's path and its optional caption (for text shards: the caption
-    is the text embedded, the path optional)."""
+    is the text embedded, the path optional).
+
+    ``of_sha256`` (text shards): the sha256 of the content of the image this caption
+    describes; the item is then keyed as ``index build --captions`` keys a caption
+    (:func:`crossmodal.index.format.caption_key`), else by its text alone.
+    """
 
     path: str | None
     caption: str | None = None
+    of_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,12 @@ class ShardPlan:
     number: int
     items: tuple[ShardItem, ...]
     digest: str
+    modality: str = "image"
 
     @property
     def name(self) -> str:
-        return f"shard-{self.number:06d}-{self.digest[:16]}.parquet"
+        kind = "" if self.modality == "image" else f"{self.modality}-"
+        return f"shard-{kind}{self.number:06d}-{self.digest[:16]}.parquet"
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ def plan_shards(items: Iterable[ShardItem], shard_size: int, embedding: Embeddin
     ``stat_files``: fold each file's size and mtime into the digest (off for text shards).
     """
     shard_size = positive_int("shard_size", shard_size)
-    ordered = sorted(items, key=lambda it: (it.path or "", it.caption or ""))
+    ordered = sorted(items, key=lambda it: (it.path or "", it.caption or "", it.of_sha256 or ""))
     head = json.dumps(embedding.identity(), sort_keys=True).encode("utf-8")
     plans = []
     for number, start in enumerate(range(0, len(ordered), shard_size)):
@@ -116,8 +126,10 @@ def plan_shards(items: Iterable[ShardItem], shard_size: int, embedding: Embeddin
         h = hashlib.sha256(head)
         for it in chunk:
             fields = [it.path or "", it.caption or "", _stat_token(it.path) if stat_files and it.path else ""]
+            if it.of_sha256 is not None:  # only then: the names of image shards stay as they were
+                fields.append(it.of_sha256)
             h.update(json.dumps(fields).encode("utf-8") + b"\n")
-        plans.append(ShardPlan(number, chunk, h.hexdigest()))
+        plans.append(ShardPlan(number, chunk, h.hexdigest(), embedding.modality))
     return plans
 
 

@@ -15,12 +15,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 from ..inputs import positive_int
 from ..progress import progress_bar
 from ..variants import DEFAULT_VARIANT
-from .embed import IMAGE_PATH, TEXT, check_bundle, embed_dataset
+from .embed import IMAGE_PATH, OF_IMAGE, TEXT, check_bundle, embed_dataset
 from .extras import connect, import_pyarrow, import_ray
 from .shards import Embedding, ShardItem, ShardPlan, finished, plan_shards, write_shard
 
@@ -57,6 +57,28 @@ class ShardRun:
                 "seconds": round(self.seconds, 3), "items_per_second": round(self.rows_per_second, 2)}
 
 
+class RaySession:
+    """Joins Ray the first time a run needs it and, if that started a local cluster, shuts it
+    down on :meth:`close`: several runs (images, then their captions) share one cluster."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+        self._started: bool | None = None  # None: not joined yet
+
+    def join(self) -> float:
+        """Join (or start) Ray unless done already; returns the seconds it took."""
+        if self._started is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self._started = connect(self.address)
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        if self._started:
+            import_ray().shutdown()
+        self._started = None
+
+
 def _block(plan: ShardPlan, modality: str) -> Any:
     pa = import_pyarrow()
     paths = [it.path for it in plan.items]
@@ -65,14 +87,30 @@ def _block(plan: ShardPlan, modality: str) -> Any:
             SHARD_COLUMN: pa.array([plan.number] * len(plan.items), pa.int64())}
     if modality == "text":
         cols[TEXT] = cols["caption"]
+        cols[OF_IMAGE] = pa.array([it.of_sha256 for it in plan.items], pa.string())
     return pa.table(cols)
+
+
+def caption_items(image_shards: Sequence[Path], captions: Mapping[str, Sequence[str]]) -> list[ShardItem]:
+    """The caption items of the images embedded in ``image_shards``: one per caption of
+    ``captions[path]`` for every row that has a vector (an undecodable file gets none, as in
+    ``index build --captions``), keyed by the image's content and the caption."""
+    pa = import_pyarrow()
+    items = []
+    for shard in image_shards:
+        table = pa.parquet.read_table(shard, columns=["path", "sha256", "error"])
+        for path, sha, error in zip(*(table.column(c).to_pylist() for c in ("path", "sha256", "error"))):
+            if error is None and sha is not None:
+                items.extend(ShardItem(path, c, sha) for c in captions.get(path, ()))
+    return items
 
 
 def embed_to_shards(items: Sequence[ShardItem], bundle: str | os.PathLike[str], shards_dir: str | os.PathLike[str],
                     *, variant: str = DEFAULT_VARIANT, modality: str = "image", shard_size: int = 1024,
                     batch_size: int = 32, concurrency: int | None = None, num_cpus: float = 1,
                     num_gpus: float = 0, threads: int | None = None, ray_address: str | None = None,
-                    progress: bool = True, stream: IO[str] | None = None) -> ShardRun:
+                    progress: bool = True, stream: IO[str] | None = None,
+                    session: RaySession | None = None) -> ShardRun:
     """Embed ``items`` on Ray into shard files under ``shards_dir``.
 
     Image items are read by the workers from their paths (shared storage on a cluster);
@@ -81,7 +119,11 @@ def embed_to_shards(items: Sequence[ShardItem], bundle: str | os.PathLike[str], 
     the running Ray when ``ray.init`` was called, else the cluster at ``ray_address``, else a
     local one (started and shut down here). The embedding arguments are those of
     :func:`~crossmodal.distributed.embed.embed_dataset`; ``concurrency=None`` starts as many
-    actors as the cluster's CPUs (or GPUs, with ``num_gpus``) hold. Returns a :class:`ShardRun`.
+    actors as the cluster's CPUs (or GPUs, with ``num_gpus``) hold. ``session``: a
+    :class:`RaySession` shared with other runs (then left open here). Returns a :class:`ShardRun`.
+
+    Captions (``modality="text"``) go to ``shard-text-*`` files: give the items of
+    :func:`caption_items` to key them as caption items of their images.
     """
     t0 = time.monotonic()
     shard_size = positive_int("shard_size", shard_size)
@@ -96,18 +138,18 @@ def embed_to_shards(items: Sequence[ShardItem], bundle: str | os.PathLike[str], 
     if not pending:
         run.seconds = time.monotonic() - t0
         return run
-    t_connect = time.monotonic()
-    started = connect(ray_address)
-    run.ray_start_seconds = time.monotonic() - t_connect
+    own = session is None
+    ray_session = RaySession(ray_address) if session is None else session
     try:
+        run.ray_start_seconds = ray_session.join()
         if concurrency is None:
             concurrency = cluster_actors(num_cpus, num_gpus)
         run.actors = concurrency
         _embed(pending, run, embedding, bundle, modality, batch_size=batch_size, concurrency=concurrency,
                num_cpus=num_cpus, num_gpus=num_gpus, threads=threads, progress=progress, stream=stream)
     finally:
-        if started:
-            import_ray().shutdown()
+        if own:
+            ray_session.close()
         run.seconds = time.monotonic() - t0
     return run
 
@@ -148,4 +190,4 @@ def _embed(pending: list[ShardPlan], run: ShardRun, embedding: Embedding, bundle
         bar.close()
 
 
-__all__ = ["embed_to_shards", "ShardRun"]
+__all__ = ["embed_to_shards", "caption_items", "ShardRun", "RaySession"]

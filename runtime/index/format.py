@@ -76,6 +76,13 @@ def text_key(text: str) -> tuple[int, str]:
     return content_key(text.encode("utf-8"))
 
 
+def caption_key(image_sha256: str, caption: str) -> tuple[int, str]:
+    """``(key, sha256 hex)`` of a caption item of an image: of the image content's sha256 and
+    the text, so the same words under another image are another item, and a rerun finds the
+    captions it added (``index build --captions`` and ``index build --ray`` key them alike)."""
+    return content_key(f"{image_sha256}\n{caption}".encode("utf-8"))
+
+
 def check_setting(name: str, value: Any, allowed: Sequence[str]) -> str:
     """``value`` if it is one of ``allowed``, else InputError naming the choices."""
     if value not in allowed:
