@@ -32,6 +32,7 @@ class ShardRun:
     """What one :func:`embed_to_shards` run did."""
 
     shards_dir: str
+    modality: str = "image"
     shards: list[Path] = field(default_factory=list)  # every planned shard file, in order
     reused: int = 0       # shards already written by an earlier run
     written: int = 0      # shards written by this run
@@ -46,7 +47,9 @@ class ShardRun:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"{self.shards_dir}: {len(self.shards)} shard(s); {self.written} written ({self.embedded} item(s) "
+        what = "images" if self.modality == "image" else "captions" if self.modality == "text" else self.modality
+        return (f"{self.shards_dir}: {len(self.shards)} shard(s) of {what}; {self.written} written "
+                f"({self.embedded} item(s) "
                 f"embedded, {self.errors} failed), {self.reused} already written; {self.seconds:.1f} s "
                 f"({self.rows_per_second:.1f} items/s)")
 
@@ -132,7 +135,7 @@ def embed_to_shards(items: Sequence[ShardItem], bundle: str | os.PathLike[str], 
     plans = plan_shards(items, shard_size, embedding, stat_files=modality == "image")
     out_dir = Path(shards_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = ShardRun(shards_dir=str(out_dir), shards=[out_dir / p.name for p in plans])
+    run = ShardRun(shards_dir=str(out_dir), modality=modality, shards=[out_dir / p.name for p in plans])
     pending = [p for p in plans if not finished(out_dir / p.name, p)]
     run.reused = len(plans) - len(pending)
     if not pending:
@@ -142,8 +145,8 @@ def embed_to_shards(items: Sequence[ShardItem], bundle: str | os.PathLike[str], 
     ray_session = RaySession(ray_address) if session is None else session
     try:
         run.ray_start_seconds = ray_session.join()
-        if concurrency is None:
-            concurrency = cluster_actors(num_cpus, num_gpus)
+        if concurrency is None:  # an actor per pending shard at most: more would load the bundle for nothing
+            concurrency = min(cluster_actors(num_cpus, num_gpus), len(pending))
         run.actors = concurrency
         _embed(pending, run, embedding, bundle, modality, batch_size=batch_size, concurrency=concurrency,
                num_cpus=num_cpus, num_gpus=num_gpus, threads=threads, progress=progress, stream=stream)
