@@ -577,6 +577,23 @@ def test_a_request_past_its_deadline_gets_504_and_its_items_never_run(tiny_clip_
     run(body)
 
 
+def test_a_deadline_shorter_than_a_first_run_still_starts_and_decodes_in_the_shared_pool(tiny_clip_bundle: Path,
+                                                                                           enc: Any) -> None:
+    from crossmodal.decode_pool import decode_pool
+
+    # 1 us: no inference finishes that fast, so only the canary's own deadline lets the service start.
+    app = create_app(enc, cache_size=0, deadline_s=1e-6, decode_workers=2)
+
+    async def body() -> None:
+        async with asgi_client(app) as c:
+            late = await c.post("/v1/embeddings", json={"input": "a dog"})
+            assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+        assert app.state.service.decode_pool is decode_pool(2)
+        assert not decode_pool(2)._shutdown  # the service's stop leaves the process-wide pool running
+
+    run(body)
+
+
 def test_a_client_that_disconnects_has_its_queued_items_dropped(tiny_clip_bundle: Path) -> None:
     enc, gate = _gated_text(tiny_clip_bundle)
     body_bytes = b'{"input": ["never run", "me neither"]}'

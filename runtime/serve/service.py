@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from starlette.requests import Request
 
+from ..decode_pool import decode_pool
 from ..errors import CrossmodalError, IncompatibleTowersError
 from .batcher import Batcher, Job
 from .cache import EmbeddingCache
@@ -54,6 +55,8 @@ log = logging.getLogger("crossmodal.serve")
 # Small requests are tokenized on the loop (tens of microseconds); larger ones in a thread.
 _INLINE_TOKENIZE_CHARS = 4096
 _CANARY_TEXT = "a photo of a dog"
+# The canary's deadline when the configured request deadline is shorter.
+_CANARY_DEADLINE_S = 120.0
 
 
 class ClientGone(Exception):
@@ -115,7 +118,9 @@ class Service:
         self.stopping = False
         self.load_error: str | None = None
         workers = self.config.decode_workers or (os.cpu_count() or 2)
-        self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="crossmodal-serve-decode")
+        # The process-wide decode pool (crossmodal.decode_pool), shared with the library's
+        # image tower; it outlives the service, so stop() leaves it running.
+        self.decode_pool = decode_pool(workers)
         self.search_pool = ThreadPoolExecutor(max(2, workers), thread_name_prefix="crossmodal-serve-search")
         # One writer: index adds/removals, uploaded files and compaction never interleave.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="crossmodal-serve-writer")
@@ -195,7 +200,8 @@ class Service:
     async def _canary(self) -> None:
         """One real request through each tower: the batcher, the thread and the model all work."""
         if "text" in self.batchers:
-            emb = await self.embed_texts([_CANARY_TEXT], RequestStats(), None, use_cache=False)
+            emb = await self.embed_texts([_CANARY_TEXT], RequestStats(), None, use_cache=False,
+                                         deadline_s=self._canary_deadline_s())
             _check_finite(emb.job, "text")
         if "image" in self.batchers:
             from PIL import Image
@@ -203,8 +209,14 @@ class Service:
 
             buf = io.BytesIO()
             Image.new("RGB", (64, 48), (120, 130, 140)).save(buf, format="PNG")
-            job = await self.embed_images([buf.getvalue()], RequestStats(), None)
+            job = await self.embed_images([buf.getvalue()], RequestStats(), None,
+                                          deadline_s=self._canary_deadline_s())
             _check_finite(job, "image")
+
+    def _canary_deadline_s(self) -> float:
+        # The canary is a tower's first run (onnxruntime allocates and plans then): a
+        # service configured with a short request deadline must still start.
+        return max(self.config.deadline_s, _CANARY_DEADLINE_S)
 
     async def stop(self) -> None:
         """Finish queued work, stop the threads, compact and save the index, close everything."""
@@ -217,7 +229,7 @@ class Service:
                 await asyncio.get_running_loop().run_in_executor(self.writer, self._save_and_close)
             except Exception as exc:  # noqa: BLE001 - logged; the journal still holds every add
                 log.error("saving the index on shutdown failed (the journal keeps every add): %s", exc)
-        for pool in (self.decode_pool, self.search_pool, self.writer):
+        for pool in (self.search_pool, self.writer):
             pool.shutdown(wait=True, cancel_futures=True)
         log.info("stopped")
 
@@ -277,8 +289,11 @@ class Service:
     # ------------------------------------------------------------- embedding
 
     async def embed_texts(self, texts: Sequence[str], stats: RequestStats, request: Request | None, *,
-                          use_cache: bool = True) -> TextEmbeddings:
-        """Embed ``texts`` through the text batcher (cache first); per-item errors in ``job.errors``."""
+                          use_cache: bool = True, deadline_s: float | None = None) -> TextEmbeddings:
+        """Embed ``texts`` through the text batcher (cache first); per-item errors in ``job.errors``.
+
+        ``deadline_s`` overrides the configured request deadline (the start-up canary's own).
+        """
         batcher = self.batcher("text")
         enc = self.encoder
         assert enc is not None and enc.text is not None
@@ -289,7 +304,7 @@ class Service:
         else:
             feeds = await loop.run_in_executor(self.decode_pool, _tokenize, tower, texts)
         lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
-        job = Job(loop, len(texts), enc.dim, self.config.deadline_s)
+        job = Job(loop, len(texts), enc.dim, deadline_s or self.config.deadline_s)
         misses: list[tuple[int, Any, dict[str, NDArray[np.int64]]]] = []
         for i, n in enumerate(lengths):
             row = {name: arr[i, :n] for name, arr in feeds.items()}
@@ -313,13 +328,17 @@ class Service:
         stats.add(job, len(texts))
         return TextEmbeddings(job, lengths)
 
-    async def embed_images(self, sources: Sequence[Any], stats: RequestStats, request: Request | None) -> Job:
-        """Decode (in the pool) and embed images given as bytes or JSON strings; per-item errors in ``errors``."""
+    async def embed_images(self, sources: Sequence[Any], stats: RequestStats, request: Request | None, *,
+                           deadline_s: float | None = None) -> Job:
+        """Decode (in the pool) and embed images given as bytes or JSON strings; per-item errors in ``errors``.
+
+        ``deadline_s`` overrides the configured request deadline (the start-up canary's own).
+        """
         batcher = self.batcher("image")
         enc = self.encoder
         assert enc is not None and enc.image is not None
         loop = asyncio.get_running_loop()
-        job = Job(loop, len(sources), enc.dim, self.config.deadline_s)
+        job = Job(loop, len(sources), enc.dim, deadline_s or self.config.deadline_s)
         batcher.admit(len(sources))  # before decoding: a flood is refused without decoding anything
 
         def prepared(pos: int, fut: asyncio.Future[Any]) -> None:
