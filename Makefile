@@ -16,8 +16,10 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_TEST_DEPS = pytest httpx openai selenium 'setuptools>=77'
 TEST_BUNDLES ?= build/test-bundles
 # What the tiny test bundles are made from: re-exported when one of these changes. Other
-# runtime edits reuse them (`make test` always exports its own).
-BUNDLE_INPUTS := $(wildcard export/*.py export/*/*.py runtime/manifest.py runtime/variants.py examples/images/* \
+# runtime edits reuse them (`make test` always exports its own). The command-line modules and
+# the deployment exports (Triton, TensorRT) never change a bundle's content.
+BUNDLE_INPUTS := $(filter-out export/cli/% export/triton.py export/trt.py,$(wildcard export/*.py export/*/*.py)) \
+	$(wildcard runtime/manifest.py runtime/variants.py examples/images/* \
 	tests/golden/albef/* tests/helpers/bundles.py tests/helpers/build_test_bundles.py tests/helpers/clip_*.py)
 PYTEST = python -m pytest -q -p no:cacheprovider
 

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cli.options import positive
 from .timing import Budget
 
 ALL_SCENARIOS = "abcdefghr"
@@ -59,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "'serve' (comma-separated from the letters): the HTTP service under load, "
                         "see python -m crossmodal.bench.serve_load --help; 'text': text towers of M-BERT / ALBEF / "
                         "CLIP, node counts and floor multiples (see the options below)")
-    p.add_argument("--processes", type=int, help="fresh processes per engine and scenario (default 3; --quick 1)")
-    p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
+    p.add_argument("--processes", type=positive, help="fresh processes per engine and scenario (default 3; --quick 1)")
+    p.add_argument("--threads", type=positive, default=2, help="threads per engine (default 2)")
     p.add_argument("--image-batches", type=_ints, help="image tower batch sizes (default 1,8,16,32)")
     p.add_argument("--text-batches", type=_ints, help="text tower batch sizes (default 1,8,32)")
     p.add_argument("--index-sizes", type=_ints, help="vectors in the search index (default 10000,100000,1000000)")
-    p.add_argument("--photos", type=int, help="JPEG files for the end-to-end image scenario (default 32)")
+    p.add_argument("--photos", type=positive, help="JPEG files for the end-to-end image scenario (default 32)")
     p.add_argument("--seconds", type=float, help="measuring time per case and process (default 2)")
     p.add_argument("--minilm", help="sentence-transformers text model for (g) (default: the installed all-MiniLM-L6-v2)")
-    p.add_argument("--captions", type=int, default=1010, help="captions for the (g) fidelity check (default 1010)")
+    p.add_argument("--captions", type=positive, default=1010, help="captions for the (g) fidelity check (default 1010)")
     p.add_argument("--recall-size", type=lambda s: _ints(s)[0], default=100_000,
                    help="vectors in the (h) recall measurement (default 100000)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (matplotlib not needed)")

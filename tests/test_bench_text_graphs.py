@@ -122,8 +122,6 @@ def test_cli_flags_and_tower_names() -> None:
         split_name("bert")
 
 
-@pytest.mark.export
-@pytest.mark.slow
 def test_tiny_albef_tower_end_to_end(tmp_path: Path) -> None:
     """Export a tiny random ALBEF text tower, count its nodes, time it once per engine, write the files."""
     args = Namespace(out=tmp_path / "out", work=tmp_path / "work", text_towers="albef", quick=True, prepare_only=False,
@@ -174,8 +172,6 @@ def test_side_by_side_comparisons_survive_tower_runs_and_are_rendered(tmp_path: 
     assert "| dynamic | 1 | 1 | 4.30 | 4.20 | 0.99990 |" in md and "| nbits8-fused | 1 | 1 | 18.8 | 18.0 | - |" in md
 
 
-@pytest.mark.export
-@pytest.mark.slow
 def test_tiny_mclip_tower_is_exported_from_a_multilingual_clip_checkpoint(tmp_path: Path) -> None:
     from crossmodal.bench.text_towers import prepare
 

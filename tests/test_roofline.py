@@ -51,7 +51,6 @@ def _known_graph(path: Path) -> Path:
     return path
 
 
-@pytest.mark.export
 def test_flop_counter_on_a_known_graph(tmp_path: Path) -> None:
     cost = graph_cost(_known_graph(tmp_path / "g.onnx"), {"ids": (2, 3)})
     # fc1: 2 x (2*3 rows x 16 outputs) x K 8; attention: 2 x B 2 x S 3 x S 3 x (16 + 16)
@@ -76,7 +75,6 @@ def test_cost_at_any_batch_from_batches_one_and_two() -> None:
     assert (at8.int8_flops, at8.fp32_flops, at8.weight_bytes, at8.shapes) == (80.0, 16.0, 1336, {"input_ids": (8, 12)})
 
 
-@pytest.mark.export
 def test_tiny_clip_towers_count_the_vit_and_text_transformer_formulas(tiny_clip_bundle: Path) -> None:
     # tests/helpers/clip_models.py: width 32, MLP 64, 2 layers, 32x32 images in 8x8 patches, projection 16.
     d, inter, layers, proj = 32, 64, 2, 16
@@ -100,7 +98,6 @@ def test_tiny_clip_towers_count_the_vit_and_text_transformer_formulas(tiny_clip_
         assert costs.get(tower, variant, batch, tokens) == direct
 
 
-@pytest.mark.export
 def test_measure_peaks_reports_positive_rates() -> None:
     p = measure_peaks(1, Budget(warmup_runs=1, warmup_seconds=0.0, min_runs=2, seconds=0.0), gemm_size=64,
                       bandwidth_mib=1)
@@ -203,7 +200,6 @@ def _fused_bert_graph(path: Path, *, named: bool = True) -> Path:
     return path
 
 
-@pytest.mark.export
 @pytest.mark.parametrize("named", [True, False])
 def test_fused_bert_ops_count_their_projection_and_read_only_the_looked_up_rows(tmp_path: Path, named: bool) -> None:
     # onnxruntime's BERT fusion leaves some nodes unnamed (the M-BERT fp32 graph): counted on a renamed copy.
