@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 
 from crossmodal.index import META_FILE, Index
 from crossmodal.index.format import vectors_file
-from test_index import make_index, run_until, unit
+from test_index import WORKER, make_index, run_until, unit
 
 
 def journal_rows(path: Path) -> int:
@@ -58,22 +57,9 @@ def test_bulk_add_closed_without_save_is_dropped_whole(tmp_path: Path) -> None:
         assert len(idx) == 10 and idx.repairs == [] and idx.find_path(tmp_path / "lost0.jpg") == []
 
 
-BULK_WORKER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from crossmodal.index import Index, crash_points
-    path, stop_at = sys.argv[1], sys.argv[2]
-    idx = Index.open(path)
-    def stop(step):
-        if step == stop_at:
-            print("AT", step, flush=True)
-            time.sleep(60)
-    crash_points.reached = stop
-    v = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
-    idx.add(v, [{"path": f"new{i}.jpg"} for i in range(50)], journal=False)
-    idx.save()
-    print("DONE", flush=True)
-""")
+# test_index's kill worker, adding its 50 vectors without the journal.
+BULK_WORKER = WORKER.replace('for i in range(50)])', 'for i in range(50)], journal=False)')
+assert BULK_WORKER != WORKER
 
 
 @pytest.mark.parametrize("step,count,generation", [
