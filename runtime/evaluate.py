@@ -11,7 +11,8 @@ Recall@1/5/10, mean and median rank in both directions:
 
 With caption fusion (``fusion=CaptionFusion(...)``, ``crossmodal eval --fuse captions``)
 the report also holds text -> image ranked by a fusion of the query's similarity to each
-image and to that image's captions (:mod:`crossmodal.fusion`), computed over all images.
+image and to that image's captions (:mod:`crossmodal.fusion`), computed over all images by the
+rules search ranks with (:mod:`crossmodal.retrieval_fusion`; for rrf, its rank window).
 The captions are either the split's own reference captions, leave-one-out (a query never
 sees itself among its image's captions: an upper bound for what generated captions give),
 or a captions file (``--fuse-captions FILE``, e.g. a captioning model's output).
@@ -35,6 +36,7 @@ from numpy.typing import NDArray
 from .errors import InputError
 from .fusion import RRF_K0, fuse_mode, fuse_weight, rrf_term, weighted
 from .inputs import positive_int
+from .retrieval_fusion import candidate_depth
 
 DATASETS = ("flickr30k", "coco")
 DEFAULT_KS = (1, 5, 10)
@@ -121,7 +123,8 @@ class RetrievalScores:
                     f"rsum {self.rsum:.2f}")
         if self.fusion is not None:
             f = self.fusion
-            how = f"rrf (k0 {f['k0']})" if f["mode"] == "rrf" else f"weighted, caption weight {f['weight']}"
+            how = (f"rrf (k0 {f['k0']}, ranks within the top {f['window']})" if f["mode"] == "rrf"
+                   else f"weighted, caption weight {f['weight']}")
             rows.append(f"fused: text -> image by image and caption similarity, {how}; captions: {f['captions']}")
         return "\n".join(rows)
 
@@ -185,7 +188,9 @@ class CaptionFusion:
 
     ``mode``: ``'weighted'`` ((1 - weight) * image + weight * best caption cosine; an image
     without a caption keeps its image cosine) or ``'rrf'`` (reciprocal-rank fusion of the
-    image ranking and the best-caption ranking, k0 = 60). ``captions``: image file name ->
+    image ranking and the best-caption ranking, k0 = 60, a rank counted within the top
+    ``max(4K, 50)`` of its ranking for the largest K reported, the window ``crossmodal
+    search -k K`` ranks with). ``captions``: image file name ->
     its captions (e.g. :func:`crossmodal.ingest.read_captions` of a captioner's output);
     None: the split's reference captions, leave-one-out. ``source`` names them in the report.
     """
@@ -209,11 +214,14 @@ class CaptionFusion:
 def ranks_text_to_image_fused(text_emb: NDArray[np.float32], image_emb: NDArray[np.float32],
                               caption_emb: NDArray[np.float32], caption_owner: NDArray[np.int64],
                               text_to_image: NDArray[np.int64], fusion: CaptionFusion, *,
-                              leave_one_out: bool, chunk: int = 256) -> NDArray[np.int64]:
+                              leave_one_out: bool, window: int | None = None, chunk: int = 256) -> NDArray[np.int64]:
     """0-based rank of each query's image under caption fusion, over all images.
 
     ``caption_emb[j]`` is a caption of image ``caption_owner[j]``; ``leave_one_out``: caption
     ``i`` *is* query ``i`` (the reference captions) and is hidden from query ``i``.
+    ``window`` (rrf): a rank term counts only within the top ``window`` of its ranking, as
+    :mod:`crossmodal.retrieval_fusion` ranks a search of ``k`` hits with ``window = max(4k, 50)``;
+    None: every rank counts.
     """
     n_images = len(image_emb)
     order = np.argsort(caption_owner, kind="stable")
@@ -235,7 +243,11 @@ def ranks_text_to_image_fused(text_emb: NDArray[np.float32], image_emb: NDArray[
             # The rule of crossmodal.fusion.weighted_fusion: no caption -> the image cosine alone.
             fused = weighted(sim_image, np.where(has_caption, best, sim_image), float(fusion.weight or 0.0))
         else:
-            fused = rrf_term(_min_ranks(sim_image)) + np.where(has_caption, rrf_term(_min_ranks(best)), 0.0)
+            rank_image, rank_caption = _min_ranks(sim_image), _min_ranks(best)
+            if window is not None:
+                has_caption &= rank_caption <= window
+            fused = (np.where(rank_image <= (window or n_images), rrf_term(rank_image), 0.0)
+                     + np.where(has_caption, rrf_term(rank_caption), 0.0))
         ranks[s:s + chunk] = _ranks_single(fused, text_to_image[s:s + chunk])
     return ranks
 
@@ -261,22 +273,25 @@ def evaluate_embeddings(image_emb: NDArray[np.float32], text_emb: NDArray[np.flo
     sim = txt @ img.T  # (n_texts, n_images)
     groups = _groups(t2i, len(img))
     fused = None
+    # rrf counts ranks within the window a search for the largest K uses (crossmodal.retrieval_fusion).
+    window = candidate_depth(max(positive_int("each K of ks", k) for k in ks)) if ks else None
     if fusion is not None:
         if caption_emb is None:
-            fused = ranks_text_to_image_fused(txt, img, txt, t2i, t2i, fusion, leave_one_out=True)
+            fused = ranks_text_to_image_fused(txt, img, txt, t2i, t2i, fusion, leave_one_out=True, window=window)
         else:
             cap = np.asarray(caption_emb, dtype=np.float32).reshape(-1, img.shape[1])
             owner = np.asarray(caption_owner if caption_owner is not None else [], dtype=np.int64)
             if owner.shape != (len(cap),) or (owner.size and (owner.min() < 0 or owner.max() >= len(img))):
                 raise InputError(f"caption_owner must give an image index in [0, {len(img)}) for each of "
                                  f"{len(cap)} captions.")
-            fused = ranks_text_to_image_fused(txt, img, cap, owner, t2i, fusion, leave_one_out=False)
+            fused = ranks_text_to_image_fused(txt, img, cap, owner, t2i, fusion, leave_one_out=False, window=window)
     return RetrievalScores(
         text_to_image=scores_from_ranks(ranks_text_to_image(sim, t2i), ks),
         image_to_text=scores_from_ranks(ranks_image_to_text(np.ascontiguousarray(sim.T), groups), ks),
         n_images=len(img), n_texts=len(txt), dataset=dataset, split=split,
         text_to_image_fused=None if fused is None else scores_from_ranks(fused, ks),
-        fusion=None if fusion is None else fusion.describe())
+        fusion=None if fusion is None else {**fusion.describe(),
+                                            **({"window": window} if fusion.mode == "rrf" else {})})
 
 
 # --------------------------------------------------------------------------- dataset

@@ -5,33 +5,34 @@ query fused with their captions' (:func:`caption_fused`); ``hybrid=True`` merges
 hits with the index's keyword hits (:func:`hybrid_merged`). The arithmetic is
 :mod:`crossmodal.fusion`'s; this module picks the candidates and their scores.
 
-Caption fusion scores every image ``i`` the index holds (and the filter keeps) for a query ``q``:
-``a(i) = sim(q, image i)`` and, when ``i`` has captions, ``b(i) = max sim(q, caption of i)``
-(``sim`` = the index metric: cosine or inner product; a caption item of the text tower
-belongs to the image stored under the same path). ``weighted``: ``(1 - w) a + w b``, or ``a``
-alone without a caption; ``rrf``: ``1/(60 + rank of a) + 1/(60 + rank of b)`` with ranks over
-all those images (equal scores share the better rank), the second term only with a caption.
-These are the rules ``crossmodal eval --fuse captions`` computes over a whole split.
+Caption fusion, for a query ``q`` and ``k`` wanted hits, over the images the index holds (and
+the filter keeps): ``a(i) = sim(q, image i)`` and, when ``i`` has captions, ``b(i) = max
+sim(q, caption of i)`` (``sim`` = the index metric: cosine or inner product; a caption item
+of the text tower belongs to the image stored under the same path).
 
-The best ``k`` by that rule are found without scoring every image, as a threshold algorithm:
+* ``weighted``: ``(1 - w) a + w b``, or ``a`` alone without a caption, over *all* images.
+  The best ``k`` are found without scoring every image (a threshold algorithm): the
+  candidates are the top ``N = max(4k, 50)`` images by ``a`` and the images of the top ``N``
+  captions; each candidate's ``a`` and ``b`` are computed from its stored vectors
+  (:meth:`crossmodal.index.Index.get_vectors`), so a candidate found by one list only gets
+  its true score; an image in neither list scores at most ``max(a_N, (1 - w) a_N + w b_N)``
+  (the lists' last scores). While the ``k``-th candidate is below that bound, ``N`` grows 4x
+  and the searches run again (at most until a list holds its whole tower). On exact searches
+  (the default up to :attr:`~crossmodal.index.Index.exact_threshold` vectors) the result is
+  the top ``k`` of the rule applied to every image; measured, one or two rounds.
+* ``rrf``: ``1/(60 + rank by a) + 1/(60 + rank by b)``, each term counted when the image is
+  within the top ``W = max(4k, 50)`` of that ranking (the ranking's window, as search
+  engines' RRF has it), ranks among the matching images, equal scores sharing the better
+  rank; the ``b`` ranking is of images by their best caption. Both windows are exact (the
+  caption search deepens until it covers ``W`` images), so the score is exact. Without the
+  window an image first by one ranking and deep in the other needs its deep rank, which
+  costs a search of most of the tower (seconds at 20,000 images); beyond the window a
+  term is below ``1/(61 + W)`` anyway. ``crossmodal eval --fuse-mode rrf`` applies the same
+  window (``W = 50``, for its R@10).
 
-1. candidates: the top ``N = max(4k, 50)`` images by ``a`` and the images of the top ``N``
-   captions by caption similarity.
-2. every candidate's ``a`` and ``b`` are computed from its stored vectors
-   (:meth:`crossmodal.index.Index.get_vectors`), so a candidate found by one list only gets
-   its true fused score.
-3. an image in neither list has ``a`` at most the image list's last score and ``b`` at
-   most the caption list's: that bounds its fused score (for ``rrf``, its ranks are past
-   both lists; a candidate missing from a list has its rank bounded the same way). When
-   the ``k``-th best candidate is known exactly and is not below any bound, the top ``k``
-   is the top ``k`` of all images; otherwise ``N`` grows 4x and the searches run again
-   (at most until a list holds its whole tower). So on exact searches (the default up to
-   :attr:`~crossmodal.index.Index.exact_threshold` vectors) the ranking is exactly the
-   rule applied to every image; ``weighted`` rarely needs a second round, ``rrf`` does when
-   an image high in one ranking is low in the other.
-4. on a graph (HNSW) search the lists are approximate and deepening them would walk most of
-   the graph, so one round is taken: the candidates' weighted scores are still exact; an
-   ``rrf`` rank beyond a list counts as just past it (an upper bound).
+On a graph (HNSW) search the lists are approximate and deepening them would walk most of the
+graph, so ``weighted`` takes one round (its candidates' scores are still exact) and ``rrf``'s
+windows are the graph's.
 
 Filters (``where``) keep the image hits to matching images, and an image that only a caption
 brought in is kept only if the filter keeps it; captions are searched under the same path
@@ -41,7 +42,7 @@ caption to fuse, so the ranking is the image ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -57,6 +58,10 @@ if TYPE_CHECKING:  # pragma: no cover
 _EPS = 1e-6
 # How much deeper each round searches when the top k is not settled yet.
 _GROWTH = 4
+# Caption hits mapped to their images per step of the weighted walk.
+_WALK = 32
+# (key, fused score) best first, and the search hits found for those keys.
+_Ranked = tuple[list[tuple[int, float]], dict[int, "SearchResult"]]
 
 
 def candidate_depth(k: int) -> int:
@@ -103,114 +108,133 @@ def _strictly_above(scores: NDArray[np.float64], value: float) -> int:
     return int(np.searchsorted(-scores, -(value + _EPS), side="left"))
 
 
-@dataclass
-class _Round:
-    """One round's candidates: exact scores, and what the two lists say about everything else."""
-
-    image: dict[int, float] = field(default_factory=dict)       # a of every candidate
-    caption: dict[int, float] = field(default_factory=dict)     # b of candidates with a caption
-    records: dict[int, "SearchResult"] = field(default_factory=dict)
-    image_list: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))   # scores, best first
-    caption_list: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # best per image, best first
-    in_image_list: set[int] = field(default_factory=set)
-    in_caption_list: set[int] = field(default_factory=set)
-    caption_last: float | None = None  # the caption list's last score: a bound for every caption not in it
-    images_done: bool = True   # the image list holds every matching image
-    captions_done: bool = True  # the caption list holds every caption searched
+def _min_ranks(scores: NDArray[np.float64]) -> list[int]:
+    """1-based rank of each of ``scores`` (best first), equal scores sharing the better rank."""
+    return [1 + _strictly_above(scores, float(s)) for s in scores]
 
 
-def _round(index: "Index", q: NDArray[np.float32], depth: int, exact: bool | None, where: "Filter | None",
-           use_captions: bool) -> _Round:
-    from .index import Filter
+class _Searches:
+    """The searches of one fused query and the lookups behind them, kept across deeper rounds."""
 
-    r = _Round()
-    image_hits: list[SearchResult] = index.search(q, depth, exact=exact, where=where)  # type: ignore[assignment]
-    r.images_done = len(image_hits) < depth or depth >= index.count("image")
-    r.records = {h.key: h for h in image_hits}
-    r.in_image_list = set(r.records)
-    r.image_list = np.asarray([h.score for h in image_hits], dtype=np.float64)
-    caption_where = None
-    caption_hits: list[SearchResult] = []
-    if use_captions:
+    def __init__(self, index: Any, q: NDArray[np.float32], exact: bool | None, where: "Filter | None",
+                 use_captions: bool) -> None:
+        from .index import Filter
+
+        self.index, self.q, self.exact, self.where, self.use_captions = index, q, exact, where, use_captions
         prefix = None if where is None else where.path_prefix
-        caption_where = None if prefix is None else Filter(path_prefix=prefix)
-        caption_hits = index.search(q, depth, tower="text", exact=exact,  # type: ignore[assignment]
-                                    where=caption_where)
-        r.captions_done = len(caption_hits) < depth or depth >= index.count("text")
-        r.caption_last = caption_hits[-1].score if caption_hits else None
-    # The images of the caption hits, each at its best caption (its first hit), best first.
-    image_keys_of: dict[str, list[int]] = {}
-    best_first: list[tuple[list[int], float]] = []
-    for h in caption_hits:
-        if h.path is not None and h.path not in image_keys_of:
-            image_keys_of[h.path] = index.find_path(h.path)
-            best_first.append((image_keys_of[h.path], h.score))
-    brought = [key for keys in image_keys_of.values() for key in keys if key not in r.records]
-    # Images only a caption brought: kept when the index holds them and the filter keeps them.
-    kept = set(similarities(index, q, brought, tower="image", where=where)) if brought else set()
-    for key in brought:
-        rec = index.get(key) if key in kept else None
-        if rec is not None:
-            r.records[key] = _as_hit(rec)
-    candidates = list(r.records)
-    r.image = similarities(index, q, candidates, tower="image")
-    listed = [(keys, s) for keys, s in best_first if any(k in r.records for k in keys)]
-    r.caption_list = np.asarray([s for keys, s in listed for k in keys if k in r.records], dtype=np.float64)
-    r.in_caption_list = {k for keys, _ in listed for k in keys if k in r.records}
-    if use_captions:
-        caps = index.captions_of(candidates)
-        text_keys = sorted({t for c in caps.values() for t, _ in c})
-        cap_sim = similarities(index, q, text_keys, tower="text", where=caption_where)
-        for key, c in caps.items():
-            scores = [cap_sim[t] for t, _ in c if t in cap_sim]
-            if scores:
-                r.caption[key] = max(scores)
-    return r
+        # A caption shares its image's path: the path prefix applies to captions; the other fields are the image's.
+        self.caption_where = None if prefix is None else Filter(path_prefix=prefix)
+        self._keys_at: dict[str, list[int]] = {}
+        self._kept: dict[int, bool] = {}
+
+    def images(self, depth: int) -> tuple[list["SearchResult"], bool]:
+        """The top ``depth`` matching images, and whether they are all of them."""
+        hits = self.index.search(self.q, depth, exact=self.exact, where=self.where)
+        return hits, len(hits) < depth or depth >= self.index.count("image")
+
+    def captions(self, depth: int) -> tuple[list["SearchResult"], bool]:
+        """The top ``depth`` captions (under the path prefix), and whether they are all of them."""
+        if not self.use_captions:
+            return [], True
+        hits = self.index.search(self.q, depth, tower="text", exact=self.exact, where=self.caption_where)
+        return hits, len(hits) < depth or depth >= self.index.count("text")
+
+    def images_of(self, caption_hits: Sequence["SearchResult"], records: dict[int, "SearchResult"]
+                  ) -> list[tuple[int, float]]:
+        """``(image key, caption score)`` for the matching images of ``caption_hits``, in their order
+        (an image first appears at its best caption). An image no image search returned (not in
+        ``records``) is checked here: held, and kept by the filter."""
+        order = []
+        for h in caption_hits:
+            if h.path is not None:
+                if h.path not in self._keys_at:
+                    self._keys_at[h.path] = self.index.find_path(h.path)
+                order += [(key, h.score) for key in self._keys_at[h.path]]
+        unknown = sorted({key for key, _ in order if key not in records and key not in self._kept})
+        if unknown:
+            _, missing = _stored_vectors(self.index, unknown, "image", self.where)
+            gone = set(missing)
+            self._kept.update((key, key not in gone) for key in unknown)
+        return [(key, score) for key, score in order if key in records or self._kept[key]]
+
+    def weighted(self, keys: Sequence[int], weight: float) -> dict[int, float]:
+        """The weighted score of each image key, from the stored vectors of it and its captions."""
+        image = similarities(self.index, self.q, keys, tower="image")
+        caption: dict[int, float] = {}
+        if self.use_captions and keys:
+            caps = self.index.captions_of(list(keys))
+            cap_sim = similarities(self.index, self.q, sorted({t for c in caps.values() for t, _ in c}),
+                                   tower="text", where=self.caption_where)
+            for key, c in caps.items():
+                scores = [cap_sim[t] for t, _ in c if t in cap_sim]
+                if scores:
+                    caption[key] = max(scores)
+        return {key: (1.0 - weight) * a + weight * caption[key] if key in caption else a for key, a in image.items()}
 
 
-def _weighted(r: _Round, k: int, weight: float) -> tuple[list[tuple[int, float]], bool]:
-    """The candidates' weighted scores best first, and whether their top ``k`` is the top ``k`` of all."""
-    fused = {key: (1.0 - weight) * a + weight * r.caption[key] if key in r.caption else a
-             for key, a in r.image.items()}
-    ranked = sorted(fused.items(), key=lambda kv: -kv[1])
-    if r.images_done:
-        return ranked, True  # every matching image is a candidate
-    a_last = float(r.image_list[-1])
-    bound = a_last  # an image in neither list and without a caption
-    if r.caption_last is not None and not r.captions_done:
-        bound = max(bound, (1.0 - weight) * a_last + weight * r.caption_last)
-    return ranked, len(ranked) >= k and ranked[k - 1][1] >= bound - _EPS
+def _kth(scores: dict[int, float], k: int) -> float:
+    return sorted(scores.values(), reverse=True)[k - 1] if len(scores) >= k else -np.inf
 
 
-def _rank_terms(score: float, listed: bool, ranking: NDArray[np.float64]) -> tuple[float, float]:
-    """Lower and upper bound of one RRF term: exact for a listed item (the list is the top of
-    its ranking), else its rank is only known to be past every listed score above it."""
-    term = rrf_term(1 + _strictly_above(ranking, score))
-    return (term, term) if listed else (0.0, term)
+def _weighted(s: _Searches, k: int, weight: float, deepen: bool) -> _Ranked:
+    """The top ``k`` by the weighted rule over every image (module docstring), with the records found."""
+    depth = candidate_depth(k)
+    while True:
+        image_hits, images_done = s.images(depth)
+        records = {h.key: h for h in image_hits}
+        fused = s.weighted(list(records), weight)
+        a_last = image_hits[-1].score if image_hits else -np.inf
+        caption_bound = None  # no caption beyond what was walked scores above this
+        if not images_done:  # else every matching image is a candidate already
+            caption_hits, captions_done = s.captions(depth)
+            caption_bound = None if captions_done or not caption_hits else caption_hits[-1].score
+            # An image only a caption brings has a <= a_last, so its score is at most (1 - w) a_last + w b:
+            # walk the captions best first while that can beat the k-th candidate. Its first caption hit
+            # is its best caption: that score ranks it during the walk, its stored vectors afterwards.
+            brought: dict[int, float] = {}
+            for start in range(0, len(caption_hits), _WALK):
+                b = caption_hits[start].score
+                if (1.0 - weight) * a_last + weight * b < _kth({**fused, **brought}, k) - _EPS:
+                    caption_bound = b
+                    break
+                new = [(key, b) for key, b in s.images_of(caption_hits[start:start + _WALK], records)
+                       if key not in fused and key not in brought]
+                a = similarities(s.index, s.q, [key for key, _ in new], tower="image")
+                brought.update({key: (1.0 - weight) * a[key] + weight * b for key, b in dict(new[::-1]).items()})
+            fused.update(s.weighted(list(brought), weight))
+        ranked = sorted(fused.items(), key=lambda kv: -kv[1])
+        if images_done or not deepen:  # exact / one round on a graph
+            return ranked[:k], records
+        bound = a_last  # an image in neither list and without a caption
+        if caption_bound is not None:
+            bound = max(bound, (1.0 - weight) * a_last + weight * caption_bound)
+        if len(ranked) >= k and ranked[k - 1][1] >= bound - _EPS:
+            return ranked[:k], records
+        depth *= _GROWTH
 
 
-def _rrf(r: _Round, k: int) -> tuple[list[tuple[int, float]], bool]:
-    """The candidates' RRF scores best first (one not settled at its upper bound), and whether
-    the top ``k`` is settled: each known exactly and none below an image outside both lists."""
-    low: dict[int, float] = {}
-    high: dict[int, float] = {}
-    for key, a in r.image.items():
-        lo, hi = _rank_terms(a, key in r.in_image_list, r.image_list)
-        if key in r.caption:
-            lo_b, hi_b = _rank_terms(r.caption[key], key in r.in_caption_list, r.caption_list)
-            lo, hi = lo + lo_b, hi + hi_b
-        low[key], high[key] = lo, hi
-    ranked = sorted(high.items(), key=lambda kv: -kv[1])
-    top = ranked[:k]
-    if not all(low[key] == s for key, s in top):
-        return ranked, False
-    if r.images_done:
-        return ranked, True  # every matching image is a candidate
-    # An image in neither list: its ranks are past every listed score above the lists' last ones.
-    unseen = rrf_term(1 + _strictly_above(r.image_list, float(r.image_list[-1])))
-    if r.caption_last is not None and not r.captions_done:
-        unseen += rrf_term(1 + _strictly_above(r.caption_list, r.caption_last))
-    return ranked, len(top) == k and top[-1][1] >= unseen - _EPS
+def _rrf(s: _Searches, k: int, deepen: bool) -> _Ranked:
+    """The top ``k`` by windowed reciprocal-rank fusion (module docstring), with the records found."""
+    window = candidate_depth(k)
+    image_hits, _ = s.images(window)
+    records = {h.key: h for h in image_hits}
+    scores = np.asarray([h.score for h in image_hits], dtype=np.float64)
+    fused = {h.key: rrf_term(rank) for h, rank in zip(image_hits, _min_ranks(scores))}
+    depth = window
+    while s.use_captions:
+        # The caption window is W images by their best caption: deeper while W are not covered.
+        caption_hits, done = s.captions(depth)
+        by_caption: dict[int, float] = {}
+        for key, score in s.images_of(caption_hits, records):
+            by_caption.setdefault(key, score)
+        if len(by_caption) >= window or done or not deepen:
+            best = list(by_caption.items())[:window]
+            ranks = _min_ranks(np.asarray([b for _, b in best], dtype=np.float64))
+            for (key, _), rank in zip(best, ranks):
+                fused[key] = fused.get(key, 0.0) + rrf_term(rank)
+            break
+        depth *= _GROWTH
+    return sorted(fused.items(), key=lambda kv: -kv[1])[:k], records
 
 
 def caption_fused(index: "Index", vector: Any, k: int, *, mode: str, weight: float, exact: bool | None,
@@ -219,14 +243,17 @@ def caption_fused(index: "Index", vector: Any, k: int, *, mode: str, weight: flo
     q = np.asarray(vector, dtype=np.float32).reshape(-1)
     use_captions = (where is None or where.has_caption is not False) and index.count("text") > 0
     deepen = _searches_exactly(index, "image", exact) and (not use_captions or _searches_exactly(index, "text", exact))
-    depth = candidate_depth(k)
-    while True:
-        r = _round(index, q, depth, exact, where, use_captions)
-        ranked, settled = _weighted(r, k, weight) if mode == "weighted" else _rrf(r, k)
-        if settled or not deepen or (r.images_done and r.captions_done):
-            break
-        depth *= _GROWTH
-    return [replace(r.records[key], score=float(score)) for key, score in ranked[:k]]
+    searches = _Searches(index, q, exact, where, use_captions)
+    if mode == "weighted":
+        ranked, records = _weighted(searches, k, weight, deepen)
+    else:
+        ranked, records = _rrf(searches, k, deepen)
+    out = []
+    for key, score in ranked:
+        rec = records.get(key) or _record(index, key)  # an image only a caption brought
+        if rec is not None:
+            out.append(replace(rec, score=float(score)))
+    return out
 
 
 def hybrid_merged(vector_hits: Sequence["SearchResult"], keyword_hits: Sequence["SearchResult"],
@@ -238,10 +265,12 @@ def hybrid_merged(vector_hits: Sequence["SearchResult"], keyword_hits: Sequence[
     return [replace(records[key], score=float(score)) for key, score in ranked[:k]]
 
 
-def _as_hit(rec: Any) -> "SearchResult":
+def _record(index: Any, key: int) -> "SearchResult | None":
     from .index import SearchResult
 
-    return SearchResult(key=rec.key, score=0.0, path=rec.path, caption=rec.caption, tower=rec.tower)
+    rec = index.get(key)
+    return None if rec is None else SearchResult(key=rec.key, score=0.0, path=rec.path, caption=rec.caption,
+                                                 tower=rec.tower)
 
 
 __all__ = ["caption_fused", "hybrid_merged", "candidate_depth", "similarities"]

@@ -199,7 +199,25 @@ def test_caption_fusion_rrf_by_hand() -> None:
     assert ranks.tolist() == [0, 0, 2, 2]
     s = evaluate_embeddings(FUSE_IMG, FUSE_TXT, FUSE_OWNER, ks=(1,), fusion=rrf)
     assert s.text_to_image_fused is not None and s.text_to_image_fused.recall == pytest.approx({1: 50.0})
-    assert s.to_dict()["fusion"] == {"mode": "rrf", "k0": 60, "captions": "reference captions, leave-one-out"}
+    # the rank window of a search for the largest K (max(4K, 50)) is reported with the mode
+    assert s.to_dict()["fusion"] == {"mode": "rrf", "k0": 60, "window": 50,
+                                     "captions": "reference captions, leave-one-out"}
+    assert "rrf (k0 60, ranks within the top 50)" in s.format_table()
+
+
+def test_rrf_rank_window_by_hand() -> None:
+    # one query q; images A, B, C at cosine 0.9, 0.5, 0.1; C's caption 0.8 (1st by caption), A's 0.3 (2nd), B none
+    q = np.array([[1.0, 0.0, 0.0]] * 2, np.float32)
+    img = np.array([[0.9, 0.43589, 0], [0.5, 0.86603, 0], [0.1, 0.99499, 0]], np.float32)
+    cap = np.array([[0.8, 0, 0.6], [0.3, 0, 0.95394]], np.float32)
+    truth = np.array([0, 2])  # query 0 asks for A, query 1 for C
+
+    def ranks(window: int | None) -> list[int]:
+        return ranks_text_to_image_fused(q, img, cap, np.array([2, 0]), truth, CaptionFusion(mode="rrf"),
+                                         leave_one_out=False, window=window).tolist()
+
+    assert ranks(None) == ranks(2) == [0, 1]  # A 1/61 + 1/62 > C 1/63 + 1/61 (window 2: C's image rank 3 is out)
+    assert ranks(1) == [1, 1]  # only rank-1 terms: A 1/61 = C 1/61, a tie counted against both
 
 
 def test_caption_fusion_with_given_captions_and_weights() -> None:
