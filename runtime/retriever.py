@@ -89,8 +89,9 @@ class Retriever:
 
         ``fuse="captions"`` (image tower only) ranks images by their similarity fused with
         their captions': ``fuse_mode="weighted"`` scores ``(1 - w) * cos(q, image) + w * max
-        cos(q, caption)`` with ``w = fuse_weight`` (default 0.5), ``"rrf"`` by reciprocal-rank
-        fusion of the two rankings; ``hybrid=True`` merges the keyword hits of the query
+        cos(q, caption)`` with ``w = fuse_weight`` (default 0.5), the best of every image;
+        ``"rrf"`` by reciprocal-rank fusion of the two rankings (a rank counted within the top
+        ``max(4k, 50)``). ``hybrid=True`` merges the keyword hits of the query
         (:meth:`crossmodal.index.Index.keyword_search`) with the vector hits by
         reciprocal-rank fusion. Both fused rankings report the fused score in ``score``; see
         :mod:`crossmodal.retrieval_fusion`. Re-ranking, if asked, re-scores the fused ranking.
