@@ -515,6 +515,18 @@ def test_search_command_usage_errors(example_index: Path, capsys: pytest.Capture
     assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_search_command_says_when_the_filter_keeps_nothing(example_index: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.cli import main
+
+    # a prefix relative to the current directory, not to the indexed folder: nothing matches, and it says why
+    assert main(["search", str(example_index), "a red circle", "--path-prefix", "examples/images/s"]) == 0
+    out = capsys.readouterr().out
+    assert "no item matches the filter" in out and str(EXAMPLES) in out and "empty" not in out
+    assert main(["search", str(example_index), "a red circle", "--added-after", "2100-01-01"]) == 0
+    assert capsys.readouterr().out.strip() == "(no item matches the filter)"
+
+
 def test_search_command_ranking_flags_need_a_text_query(example_index: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from crossmodal.cli import main

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             hits = retriever.search_image(str(args.image), k, tower=target, exact=args.exact, where=where)
         searched = "exact" if (args.exact if args.exact is not None else idx.uses_exact(target)) else "hnsw"
+        root = idx.root
     finally:
         idx.close()
     rows = [{"rank": i + 1, "score": round(h.score, 6), "key": h.key, "path": h.path, "caption": h.caption}
@@ -80,8 +81,18 @@ def run(args: argparse.Namespace) -> int:
         itm = "" if args.rerank is None else ("   (unread)" if r["itm_score"] is None else f"  {r['itm_score']:+.4f}")
         print(f"{r['rank']:>3}{itm}  {r['score']:.4f}  {r['path'] or '-'}" + (f"  {r['caption']}" if r["caption"] else ""))
     if not rows:
-        print("(the index is empty)")
+        print(_no_hits(where, root))
     return 0
+
+
+def _no_hits(where: Any, root: str | None) -> str:
+    """Why a search printed nothing: an empty index, or a filter that keeps no item."""
+    if where is None:
+        return "(the index is empty)"
+    if where.path_prefix is not None and root is not None:
+        return (f"(no item matches the filter; --path-prefix is absolute or relative to the indexed folder "
+                f"{root}, e.g. --path-prefix 2024/)")
+    return "(no item matches the filter)"
 
 
 def _ranking(args: argparse.Namespace, where: Any) -> dict[str, Any]:
