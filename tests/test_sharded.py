@@ -220,6 +220,15 @@ def test_retriever_over_shards_answers_like_one_index(tmp_path: Path) -> None:
         assert_same_hits(b.search_vector(vec, k=8), a.search_vector(vec, k=8))
         assert_same_hits(b.search_text("a white cat", k=3, where={"path_prefix": "w"}),
                          a.search_text("a white cat", k=3, where={"path_prefix": "w"}))
+        # caption fusion scores candidates by their stored vectors: read from the shard holding each
+        for kw in ({"fuse": "captions"}, {"fuse": "captions", "fuse_mode": "rrf"},
+                   {"fuse": "captions", "fuse_weight": 0.8}):
+            assert_same_hits(b.search_text(["a red thing", "blue"], k=6, **kw),
+                             a.search_text(["a red thing", "blue"], k=6, **kw))
+        keys = sorted(one.keys())[:5] + [12345]
+        got, want = shards.get_vectors(keys), one.get_vectors(keys)
+        np.testing.assert_array_equal(got[0][:5], want[0][:5])
+        assert got[1] == want[1] == [12345] and np.isnan(got[0][5]).all()
 
 
 # --------------------------------------------------------------------------- CLI and service

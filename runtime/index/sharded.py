@@ -11,8 +11,9 @@ merged list of exact shard searches is exactly the exact search of the whole col
 shard ``key % n`` (keys are content hashes, so the shards come out about equal) and each
 caption item to the shard of the image stored under the same path.
 
-Shards are read through the same API as one index (``search``, ``get``, ``count``,
-``uses_exact``, ``check_encoder``, ``warm_up``, ``close``), so
+Shards are read through the same API as one index (``search``, ``get``, ``get_vectors``,
+``captions_of``, ``keyword_search``, ``count``, ``uses_exact``, ``check_encoder``, ``warm_up``,
+``close``), so
 :class:`~crossmodal.retriever.Retriever` and the service take a ``ShardedIndex`` where
 they take an ``Index``. Writing goes to one shard at a time (``sharded.shards[i]``): an
 index has one writer, and which shard a new item belongs to is the writer's choice.
@@ -230,6 +231,20 @@ class ShardedIndex:
         self._check_open()
         k = positive_int("k", k)
         return _merge(self._each(lambda s: s.keyword_search(query, k, tower=tower, where=where)), k)
+
+    def get_vectors(self, keys: int | Sequence[int] | NDArray[np.integer], *, tower: str = "image",
+                    where: Any = None) -> tuple[NDArray[np.float32], list[int]]:
+        """The stored vectors of ``keys``, each from the shard that holds it: ``(vectors, missing)``
+        as :meth:`crossmodal.index.Index.get_vectors` (rows of keys no shard holds are NaN)."""
+        self._check_open()
+        karr = np.atleast_1d(np.asarray(keys)).reshape(-1)
+        parts = self._each(lambda s: s.get_vectors(karr, tower=tower, where=where))
+        vecs = np.full((len(karr), self.dim), np.nan, dtype=np.float32)
+        found = np.zeros(len(karr), dtype=bool)
+        for part, missing in parts:
+            here = ~np.isin(karr.astype(np.uint64), np.asarray(missing, dtype=np.uint64)) & ~found
+            vecs[here], found[here] = part[here], True
+        return vecs, [int(k) for k in karr[~found]]
 
     def captions_of(self, image_keys: Sequence[int] | NDArray[np.integer]) -> dict[int, list[tuple[int, str]]]:
         """For each image key, its caption items ``(text key, caption)`` from every shard.
