@@ -74,7 +74,7 @@ def similarities(index: Any, query: NDArray[np.float32], keys: Sequence[int], *,
     """``sim(query, stored vector)`` of each key ``tower`` holds (and ``where`` keeps), by the index metric."""
     if not keys:
         return {}
-    vecs, missing = _stored_vectors(index, list(keys), tower, where)
+    vecs, missing = index.get_vectors(list(keys), tower=tower, where=where)
     scores = vecs @ query
     if index.metric == "cos":
         # A zero vector has no direction: scored 0, as usearch and the scan table do.
@@ -82,21 +82,6 @@ def similarities(index: Any, query: NDArray[np.float32], keys: Sequence[int], *,
         scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
     gone = set(missing)
     return {int(k): float(s) for k, s in zip(keys, scores) if int(k) not in gone}
-
-
-def _stored_vectors(index: Any, keys: list[int], tower: str, where: "Filter | None"
-                    ) -> tuple[NDArray[np.float32], list[int]]:
-    get = getattr(index, "get_vectors", None)
-    if get is not None:
-        return get(keys, tower=tower, where=where)  # type: ignore[no-any-return]
-    # A ShardedIndex without get_vectors of its own: each key from the shard that holds it.
-    vecs = np.full((len(keys), index.dim), np.nan, dtype=np.float32)
-    found = np.zeros(len(keys), dtype=bool)
-    for shard in index.shards:
-        part, missing = shard.get_vectors(keys, tower=tower, where=where)
-        here = ~np.isin(np.asarray(keys, dtype=np.uint64), np.asarray(missing, dtype=np.uint64)) & ~found
-        vecs[here], found[here] = part[here], True
-    return vecs, [k for k, f in zip(keys, found) if not f]
 
 
 def _searches_exactly(index: Any, tower: str, exact: bool | None) -> bool:
@@ -152,7 +137,7 @@ class _Searches:
                 order += [(key, h.score) for key in self._keys_at[h.path]]
         unknown = sorted({key for key, _ in order if key not in records and key not in self._kept})
         if unknown:
-            _, missing = _stored_vectors(self.index, unknown, "image", self.where)
+            _, missing = self.index.get_vectors(unknown, tower="image", where=self.where)
             gone = set(missing)
             self._kept.update((key, key not in gone) for key in unknown)
         return [(key, score) for key, score in order if key in records or self._kept[key]]
