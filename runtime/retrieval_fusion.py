@@ -15,11 +15,14 @@ of the text tower belongs to the image stored under the same path).
   candidates are the top ``N = max(4k, 50)`` images by ``a`` and the images of the top ``N``
   captions; each candidate's ``a`` and ``b`` are computed from its stored vectors
   (:meth:`crossmodal.index.Index.get_vectors`), so a candidate found by one list only gets
-  its true score; an image in neither list scores at most ``max(a_N, (1 - w) a_N + w b_N)``
-  (the lists' last scores). While the ``k``-th candidate is below that bound, ``N`` grows 4x
-  and the searches run again (at most until a list holds its whole tower). On exact searches
-  (the default up to :attr:`~crossmodal.index.Index.exact_threshold` vectors) the result is
-  the top ``k`` of the rule applied to every image; measured, one or two rounds.
+  its true score. The caption hits are walked best first and stop once an image they bring
+  (``a <= a_N``, the image list's last score) cannot beat the ``k``-th candidate. An image
+  in neither list scores at most ``max(a_N, (1 - w) a_N + w b_N)`` (``b_N``: the last caption
+  walked); while the ``k``-th candidate is below that bound, ``N`` grows 4x and the
+  searches run again (at most until a list holds its whole tower). On exact searches (the
+  default up to :attr:`~crossmodal.index.Index.exact_threshold` vectors) the result is the
+  top ``k`` of the rule applied to every image. Measured at 20,000 images + captions, k = 10:
+  one round when captions relate to their images, two or three when they do not.
 * ``rrf``: ``1/(60 + rank by a) + 1/(60 + rank by b)``, each term counted when the image is
   within the top ``W = max(4k, 50)`` of that ranking (the ranking's window, as search
   engines' RRF has it), ranks among the matching images, equal scores sharing the better
