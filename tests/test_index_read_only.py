@@ -85,6 +85,7 @@ def build(path: Path, *, unsaved: int) -> None:
 READER = """
 import json, sys
 import numpy as np
+from crossmodal.errors import IndexStoreError
 from crossmodal.index import Index
 path = sys.argv[1]
 with Index.open(path, read_only=True) as idx:
