@@ -318,8 +318,10 @@ class MetaStore:
         try:
             if not self.read_only:
                 with self.guard():
-                    # TRUNCATE waits (busy timeout) for readers in a read transaction; ours hold none
-                    # between calls. A checkpoint that cannot finish leaves the WAL for the next writer.
+                    # TRUNCATE waits (busy timeout) for readers in a read transaction; ours hold one only
+                    # while a query runs, so 2 s, not the 30 s writes wait. A checkpoint that cannot
+                    # finish leaves the WAL for the next writer (a read-only mount then refuses it).
+                    self.conn.execute("PRAGMA busy_timeout = 2000")
                     self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except IndexStoreError:
             pass
