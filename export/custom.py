@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from crossmodal.errors import ArtifactError, IncompatibleTowersError, ParityError
+from crossmodal.inputs import is_int
 from crossmodal.manifest import INTERPOLATIONS, RESIZE_MODES, TEXT_CLEANINGS, ImagePreprocess, TextSettings
 
 from .options import DEFAULT_TARGETS, ExportOptions
@@ -118,7 +119,7 @@ def _int(d: Mapping[str, Any], key: str, name: str, where: str, *, minimum: int,
             raise _bad(where, f"{name}.{key}", "is required")
         return default
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+    if not is_int(v) or v < minimum:
         raise _bad(where, f"{name}.{key}", f"must be an integer >= {minimum}, got {v!r}")
     return v
 

@@ -341,7 +341,23 @@ def export_bundle(
     out_dir = options.out
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"--out {out_dir} exists and is not a directory")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export_into(out_dir, specs, options, family=family, dim=dim, space=space, logit_scale=logit_scale,
+                            source=source, extra_towers=extra_towers, pairing=pairing, progress=progress)
+    except BaseException:
+        # A refused export ("Nothing was written") leaves no empty --out behind; a folder that
+        # existed before, or holds towers installed before the failure, stays.
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def _export_into(out_dir: Path, specs: Sequence[TowerSpec], options: ExportOptions, *, family: str, dim: int,
+                 space: str, logit_scale: float, source: Mapping[str, Any],
+                 extra_towers: Mapping[str, str] | None, pairing: Mapping[str, Any] | None,
+                 progress: Callable[[str], None]) -> Path:
     towers: dict[str, str] = {}
     if (out_dir / "bundle.json").exists():
         try:

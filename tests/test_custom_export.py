@@ -269,7 +269,12 @@ def test_the_parity_gate_refuses_a_module_its_trace_does_not_reproduce(model_roo
     message = str(err.value)
     assert "image tower cpu-fp32 fails its parity threshold" in message and "Nothing was written" in message
     assert "not traceable as written" in message and "bug in the exporter" not in message  # the user's module
-    assert not out.exists() or not any(out.rglob("*"))  # no graph, manifest or bundle.json
+    assert not out.exists()  # no graph, manifest or bundle.json, not even an empty --out folder
+    out.mkdir()
+    with pytest.raises(ParityError):
+        export_custom(f"{factories}:batch_branch", load_text_tower(model_root), model_root / "preprocess.json",
+                      model_root / "tokenizer", out, "cpu-fp32", optimize=False)
+    assert out.is_dir() and not any(out.iterdir())  # a folder the user made stays
 
 
 def _edit(settings: dict, path: str, value: object) -> dict:
