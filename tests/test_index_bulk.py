@@ -48,11 +48,13 @@ def test_bulk_add_writes_no_journal_and_commits_with_the_save(tmp_path: Path) ->
         assert [h.key for h in idx.keyword_search("bulk", 50)] and idx.search(vecs[3], 1)[0].key == int(keys[3])
 
 
-def test_bulk_add_closed_without_save_is_dropped_whole(tmp_path: Path) -> None:
+def test_bulk_add_closed_without_save_is_dropped_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     idx, _, _ = make_index(tmp_path, n=10)
     idx.save()
     idx.add(unit(5, seed=6), [{"path": f"lost{i}.jpg"} for i in range(5)], journal=False)
-    idx.close()  # no save: those items never reached SQLite, and nothing is half there
+    with caplog.at_level("WARNING", logger="crossmodal.index"):
+        idx.close()  # no save: those items never reached SQLite, and nothing is half there
+    assert "5 item(s) added with journal=False are dropped" in caplog.text
     with Index.open(tmp_path / "idx") as idx:
         assert len(idx) == 10 and idx.repairs == [] and idx.find_path(tmp_path / "lost0.jpg") == []
 

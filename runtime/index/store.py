@@ -47,6 +47,7 @@ sees the state of the moment it opened; results whose item was removed since are
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ from .meta import ItemRow, MetaStore, connect, create_meta, on_read_only_file_sy
 from .records import ItemRecord, SearchResult
 from .recovery import header_is_current, recover
 from .search import TowerSearch
+
+_log = logging.getLogger("crossmodal.index")
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..manifest import BundleInfo
@@ -473,6 +476,11 @@ class Index:
         if self._closed:
             return
         self._closed = True
+        if self._pending:
+            # Documented (add(journal=False)), but silent loss is the one thing a caller cannot see.
+            _log.warning("closing index %s without save(): %d item(s) added with journal=False are dropped; "
+                         "call save() before close() to keep them", self._path, len(self._pending))
+            self._pending.clear()
         try:
             self._meta.close()
         finally:
