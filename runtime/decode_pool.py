@@ -3,8 +3,9 @@
 Decoding (PIL, numpy) and inference (onnxruntime) both release the GIL, so images
 decode in threads while the model runs on the previous batch. The image tower
 (:meth:`~crossmodal.towers.ImageTower.encode` and ``preprocess``), folder ingestion
-(:func:`~crossmodal.ingest.ingest_folder`) and the re-ranker's candidate reading all
-submit their work here instead of starting pools of their own.
+(:func:`~crossmodal.ingest.ingest_folder`), the Ray embedding actor
+(:class:`~crossmodal.distributed.embed.BatchEmbedder`) and the re-ranker's candidate
+reading all submit their work here instead of starting pools of their own.
 
 Cache (the module's only state): one ``ThreadPoolExecutor`` per thread count, made on
 first use and kept for the life of the process, because starting threads per batch
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from .inputs import positive_int
 
@@ -60,10 +61,25 @@ def gather(futures: list["Future[R]"]) -> list[R]:
         raise
 
 
+def gather_in_batches(futures: list["Future[R]"], size: int) -> Iterator[list[R]]:
+    """Results in submission order, ``size`` at a time, each list as soon as its own tasks are done.
+
+    For a caller that submitted all its items at once: while it runs the model on one list,
+    the pool keeps decoding the later ones. On an error, or when the caller stops iterating,
+    the tasks not yet started are cancelled.
+    """
+    size = positive_int("size", size)
+    try:
+        for start in range(0, len(futures), size):
+            yield gather(futures[start:start + size])
+    finally:
+        cancel(futures)
+
+
 def cancel(futures: Iterable["Future[object]"]) -> None:
     """Cancel the tasks that have not started (running ones finish; their results are dropped)."""
     for f in futures:
         f.cancel()
 
 
-__all__ = ["decode_pool", "submit_each", "gather", "cancel", "THREAD_NAME_PREFIX"]
+__all__ = ["decode_pool", "submit_each", "gather", "gather_in_batches", "cancel", "THREAD_NAME_PREFIX"]

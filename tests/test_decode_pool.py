@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import crossmodal
-from crossmodal.decode_pool import THREAD_NAME_PREFIX, decode_pool, gather, submit_each
+from crossmodal.decode_pool import THREAD_NAME_PREFIX, decode_pool, gather, gather_in_batches, submit_each
 from crossmodal.errors import ImageInputError, InputError
 from helpers.threads import run_concurrently
 
@@ -44,6 +44,28 @@ def test_gather_raises_the_first_error_and_cancels_what_has_not_started() -> Non
         gather(futures)
     gate.set()
     assert sum(f.cancelled() for f in futures) >= 3  # at most item 1 had started when 0 failed
+
+
+def test_gather_in_batches_yields_each_batch_before_the_rest_is_done() -> None:
+    assert list(gather_in_batches(submit_each(2, lambda i: i * i, range(7)), 3)) == [[0, 1, 4], [9, 16, 25], [36]]
+    gate = threading.Event()
+
+    def work(i: int) -> int:
+        if i >= 3:
+            gate.wait(timeout=30)
+        return i
+
+    futures = submit_each(1, work, range(8))  # one thread: 3 blocks on the gate, 4..7 queue behind it
+    batches = gather_in_batches(futures, 3)
+    try:
+        assert next(batches) == [0, 1, 2]
+        assert not futures[3].done()  # the first batch came while later tasks were still pending
+        batches.close()  # the caller stops: what has not started is cancelled
+        assert [f.cancelled() for f in futures[4:]] == [True] * 4
+    finally:
+        gate.set()
+    with pytest.raises(InputError, match="size must be a positive integer"):
+        next(gather_in_batches([], 0))
 
 
 def test_concurrent_encodes_share_the_pool_without_deadlock(tiny_clip_bundle: Path) -> None:
