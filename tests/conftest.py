@@ -101,6 +101,7 @@ SLOW_TESTS = frozenset({
     "test_readme.py::test_cli_lines_run",
     "test_readme.py::test_python_block_runs",                      # a Python process per README block: ~6 s
     "test_runtime_no_torch.py::test_encoding_works_without_torch",
+    "test_runtime_no_torch.py::test_the_core_runs_with_the_cpu_extra_only",  # a process that indexes the examples
     "test_demo.py::test_demo_runs_offline_and_finds_the_paraphrased_caption",  # exports, indexes, searches: ~1 min
     "test_bench_text_graphs.py::test_tiny_albef_tower_end_to_end",
     "test_bench_text_graphs.py::test_tiny_mclip_tower_is_exported_from_a_multilingual_clip_checkpoint",

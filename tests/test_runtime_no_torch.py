@@ -76,3 +76,62 @@ def test_runtime_sources_never_import_heavy_frameworks() -> None:
             if len(words) >= 2 and words[0] in ("import", "from") and words[1].split(".")[0] in BLOCKED:
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == []
+
+
+# The packages of every extra but `cpu` (serve, ray, bench, triton, dev clients): an install of
+# `pip install 'crossmodal[cpu]'` has none of them.
+NOT_IN_CPU_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "orjson", "prometheus_client", "multipart",
+                    "python_multipart", "ray", "pyarrow", "matplotlib", "psutil", "aiohttp", "tritonclient", "httpx",
+                    "openai", "selenium")
+
+CORE_SCRIPT = r"""
+import importlib.abc, io, json, sys, tempfile
+from contextlib import redirect_stdout
+BLOCKED = set(sys.argv[2].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test process")
+        return None
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+import crossmodal
+from crossmodal.cli import main
+from crossmodal.index import Index
+from crossmodal.ingest import ingest_folder, read_captions
+
+bundle, images = sys.argv[1], sys.argv[3]
+enc = crossmodal.load(bundle, variant="cpu-fp32")
+path = tempfile.mkdtemp() + "/core.idx"
+with Index.create(path, bundle=enc.bundle, root=images) as idx:
+    ingest_folder(idx, enc, images, captions=read_captions(images + "/captions.jsonl"), progress=False)
+search = crossmodal.Retriever(enc, Index.open(path, read_only=True))
+out = {
+    "plain": [h.path for h in search.search_text("a red circle", k=3)],
+    "fused": [h.path for h in search.search_text("a red circle", k=3, fuse="captions")],
+    "hybrid": [h.path for h in search.search_text("checkerboard", k=3, hybrid=True)],
+}
+buf = io.StringIO()
+with redirect_stdout(buf):
+    code = main(["search", path, "a red circle", "-k", "3", "--json", "--bundle", bundle, "--variant", "cpu-fp32"])
+out["cli"] = [h["path"] for h in json.loads(buf.getvalue())["results"]] if code == 0 else code
+out["loaded"] = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
+print(json.dumps(out))
+"""
+
+
+def test_the_core_runs_with_the_cpu_extra_only(tiny_clip_bundle: Path) -> None:
+    """Load, encode, index, fused / hybrid search and `crossmodal search` with every package
+    of the other extras unimportable: what `pip install 'crossmodal[cpu]'` gives."""
+    images = str(Path(__file__).resolve().parent.parent / "examples" / "images")
+    proc = subprocess.run([sys.executable, "-c", CORE_SCRIPT, str(tiny_clip_bundle),
+                           ",".join(BLOCKED + NOT_IN_CPU_EXTRA), images],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert len(out["plain"]) == len(out["fused"]) == len(out["hybrid"]) == 3
+    assert out["fused"][0].endswith("red_circle.png") and out["hybrid"][0].endswith("checkerboard.png")
+    assert out["cli"] == out["plain"]
