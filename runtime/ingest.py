@@ -14,7 +14,6 @@ with the reason; nothing else is lost.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import stat
@@ -32,6 +31,7 @@ from numpy.typing import NDArray
 from .decode_pool import cancel, decode_pool
 from .errors import CrossmodalError, InputError
 from .index import Index, content_key, key_from_sha256
+from .index.format import caption_key
 from .inputs import positive_int
 from .progress import progress_bar
 
@@ -225,7 +225,9 @@ def _run_tower(tower: Any, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(run(pixels), dtype=np.float32)
 
 
-def _caption_lookup(captions: Mapping[str, list[str]] | None, folder: Path, path: Path) -> list[str]:
+def caption_lookup(captions: Mapping[str, list[str]] | None, folder: Path, path: Path) -> list[str]:
+    """The captions of the image at ``path`` under ``folder``: those listed under its path relative
+    to the folder, else under its file name (the rule of ``index build --captions``)."""
     if not captions:
         return []
     rel = path.relative_to(folder).as_posix()
@@ -272,7 +274,7 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
         # duplicate file's own captions are kept under its own path.
         if embed_text:
             for c in caps:
-                sha = hashlib.sha256(f"{item.sha256}\n{c}".encode("utf-8")).hexdigest()
+                sha = caption_key(item.sha256, c)[1]
                 text_rows.append((c, {"path": str(item.path), "caption": c, "sha256": sha}))
 
     def flush() -> None:
@@ -281,7 +283,7 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
             vecs = _run_tower(encoder.image, np.stack([b.pixels for b in batch]))  # type: ignore[misc]
             metas = []
             for b in batch:
-                caps = _caption_lookup(captions, folder, b.path)
+                caps = caption_lookup(captions, folder, b.path)
                 metas.append({"path": str(b.path), "caption": caps[0] if caps else None, "sha256": b.sha256})
             report.added += len(index.add(vecs, metas))
             for b in batch:
@@ -292,7 +294,7 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
                     index.remove(stale)
                     index.remove(index.find_path(b.path, tower="text"), tower="text")
                     report.replaced += 1
-                queue_captions(b, _caption_lookup(captions, folder, b.path))
+                queue_captions(b, caption_lookup(captions, folder, b.path))
             since_compact += len(batch)
             batch.clear()
         if text_rows:
@@ -327,7 +329,7 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
                     report.already_indexed += 1
                 else:
                     report.duplicates += 1
-                queue_captions(item, _caption_lookup(captions, folder, item.path))
+                queue_captions(item, caption_lookup(captions, folder, item.path))
                 if len(text_rows) >= batch_size:
                     flush()
             else:
@@ -345,5 +347,5 @@ def ingest_folder(index: Index, encoder: Any, folder: str | os.PathLike[str], *,
     return report
 
 
-__all__ = ["IngestReport", "SkippedFile", "walk_images", "read_captions", "ingest_folder",
+__all__ = ["IngestReport", "SkippedFile", "walk_images", "read_captions", "caption_lookup", "ingest_folder",
            "IMAGE_EXTENSIONS"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import InputError
-from ..ingest import CAPTION_IMAGE_FIELDS, SkippedFile, _caption_lookup, walk_images
+from ..ingest import CAPTION_IMAGE_FIELDS, SkippedFile, caption_lookup, walk_images
 from .extras import import_pyarrow
 from .shards import ShardItem
 
@@ -39,7 +39,7 @@ def folder_items(folder: Path, captions: Mapping[str, list[str]] | None = None
     files, skipped = walk_images(folder)
     base = Path(os.path.abspath(folder))
     # The same lookup `index build --captions` does: a path relative to the folder, or a bare name.
-    found = {os.path.abspath(p): _caption_lookup(captions, base, Path(os.path.abspath(p))) for p in files}
+    found = {os.path.abspath(p): caption_lookup(captions, base, Path(os.path.abspath(p))) for p in files}
     items = [ShardItem(p, caps[0] if caps else None) for p, caps in found.items()]
     return items, skipped, {p: caps for p, caps in found.items() if caps}
 
