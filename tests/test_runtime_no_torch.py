@@ -13,9 +13,10 @@ import crossmodal
 
 BLOCKED = ("torch", "transformers", "optimum", "sentence_transformers", "tensorflow", "jax", "timm", "open_clip")
 
-SCRIPT = r"""
+# Run first in each test process: the packages named in the last argument cannot be imported.
+BLOCKER = r"""
 import importlib.abc, json, sys
-BLOCKED = set(sys.argv[3].split(","))
+BLOCKED = set(sys.argv[-1].split(","))
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -24,6 +25,9 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Block())
+"""
+
+SCRIPT = BLOCKER + r"""
 import crossmodal
 after_import = sorted(m for m in ("onnxruntime", "usearch", "PIL", "tokenizers", "numpy") if m in sys.modules)
 enc = crossmodal.load(sys.argv[1], variant=sys.argv[2])
@@ -84,25 +88,16 @@ NOT_IN_CPU_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "orjson", "pr
                     "python_multipart", "ray", "pyarrow", "matplotlib", "psutil", "aiohttp", "tritonclient", "httpx",
                     "openai", "selenium")
 
-CORE_SCRIPT = r"""
-import importlib.abc, io, json, sys, tempfile
+CORE_SCRIPT = BLOCKER + r"""
+import io, tempfile
 from contextlib import redirect_stdout
-BLOCKED = set(sys.argv[2].split(","))
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test process")
-        return None
-
-sys.meta_path.insert(0, Block())
 import numpy as np
 import crossmodal
 from crossmodal.cli import main
 from crossmodal.index import Index
 from crossmodal.ingest import ingest_folder, read_captions
 
-bundle, images = sys.argv[1], sys.argv[3]
+bundle, images = sys.argv[1], sys.argv[2]
 enc = crossmodal.load(bundle, variant="cpu-fp32")
 path = tempfile.mkdtemp() + "/core.idx"
 with Index.create(path, bundle=enc.bundle, root=images) as idx:
@@ -126,8 +121,8 @@ def test_the_core_runs_with_the_cpu_extra_only(tiny_clip_bundle: Path) -> None:
     """Load, encode, index, fused / hybrid search and `crossmodal search` with every package
     of the other extras unimportable: what `pip install 'crossmodal[cpu]'` gives."""
     images = str(Path(__file__).resolve().parent.parent / "examples" / "images")
-    proc = subprocess.run([sys.executable, "-c", CORE_SCRIPT, str(tiny_clip_bundle),
-                           ",".join(BLOCKED + NOT_IN_CPU_EXTRA), images],
+    proc = subprocess.run([sys.executable, "-c", CORE_SCRIPT, str(tiny_clip_bundle), images,
+                           ",".join(BLOCKED + NOT_IN_CPU_EXTRA)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
