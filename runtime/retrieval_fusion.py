@@ -145,9 +145,11 @@ class _Searches:
             self._kept.update((key, key not in gone) for key in unknown)
         return [(key, score) for key, score in order if key in records or self._kept[key]]
 
-    def weighted(self, keys: Sequence[int], weight: float) -> dict[int, float]:
-        """The weighted score of each image key, from the stored vectors of it and its captions."""
-        image = similarities(self.index, self.q, keys, tower="image")
+    def weighted(self, keys: Sequence[int], weight: float, image: dict[int, float] | None = None) -> dict[int, float]:
+        """The weighted score of each image key, from the stored vectors of it and its captions
+        (``image``: the keys' image similarities when already computed)."""
+        if image is None:
+            image = similarities(self.index, self.q, keys, tower="image")
         caption: dict[int, float] = {}
         if self.use_captions and keys:
             caps = self.index.captions_of(list(keys))
@@ -180,6 +182,7 @@ def _weighted(s: _Searches, k: int, weight: float, deepen: bool) -> _Ranked:
             # walk the captions best first while that can beat the k-th candidate. Its first caption hit
             # is its best caption: that score ranks it during the walk, its stored vectors afterwards.
             brought: dict[int, float] = {}
+            brought_image: dict[int, float] = {}  # their image similarities, computed once
             for start in range(0, len(caption_hits), _WALK):
                 b = caption_hits[start].score
                 if (1.0 - weight) * a_last + weight * b < _kth({**fused, **brought}, k) - _EPS:
@@ -188,8 +191,9 @@ def _weighted(s: _Searches, k: int, weight: float, deepen: bool) -> _Ranked:
                 new = [(key, b) for key, b in s.images_of(caption_hits[start:start + _WALK], records)
                        if key not in fused and key not in brought]
                 a = similarities(s.index, s.q, [key for key, _ in new], tower="image")
+                brought_image.update(a)
                 brought.update({key: (1.0 - weight) * a[key] + weight * b for key, b in dict(new[::-1]).items()})
-            fused.update(s.weighted(list(brought), weight))
+            fused.update(s.weighted(list(brought), weight, image=brought_image))
         ranked = sorted(fused.items(), key=lambda kv: -kv[1])
         if images_done or not deepen:  # exact / one round on a graph
             return ranked[:k], records
